@@ -1,0 +1,1 @@
+"""virtkit.client."""
