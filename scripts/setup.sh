@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up virtkit on Debian 12 (as root): system packages, a venv in .venv with virtkit installed,
+# then runs what is asked: `demo` (the main job), `test` (the test suite), or nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (virtkit manages namespaces, mounts and cgroups)" >&2
+    exit 1
+fi
+
+PKGS=(python3 python3-venv python3-dev gcc busybox-static libseccomp2 iproute2 procps util-linux
+      e2fsprogs ca-certificates dpkg-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] || [ ! -d /var/lib/apt/lists ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    [ "${#missing[@]}" -gt 0 ] && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING: Location' || true
+.venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp' || {
+    echo "setup.sh: the Python packages did not install" >&2; exit 1; }
+
+case "${1:-}" in
+    demo) exec bash scripts/demo.sh ;;
+    test) shift; exec .venv/bin/python -m pytest "$@" ;;
+    "") echo "virtkit is set up: source .venv/bin/activate, then run 'virtkit --help'" ;;
+    *) echo "setup.sh: unknown action '$1' (demo | test)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,136 @@
+"""Containers end to end through the CLI and the SDK: isolation, lifecycle, logs, exec, volumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.e2e.conftest import vk
+from virtkit.core.errors import InvalidState, NotFound
+
+pytestmark = pytest.mark.root
+
+
+def test_run_rm_is_pid1_with_own_hostname_and_root(vk_home, client, name):
+    r = vk(vk_home, "run", "--rm", "--name", name, "busybox", "--", "sh", "-c", "echo $$; hostname; id -u")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["1", name, "0"]
+    assert name not in [i["name"] for i in client.instances()]     # --rm removed it
+
+
+def test_run_returns_exit_code(vk_home, client, name):
+    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c", "echo out; exit 7")
+    assert r.returncode == 7
+    assert r.stdout == b"out\n"
+
+
+def test_isolation_processes_mounts_network(vk_home, client, name):
+    script = "ps -o pid,comm; echo ---; cat /proc/mounts; echo ---; ip -o link; ip -o addr show lo"
+    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    procs, mounts, net = r.stdout.decode().split("---\n")
+    pids = [line.split()[0] for line in procs.strip().splitlines()[1:]]
+    assert "1" in pids and len(pids) <= 3, procs             # sh (pid 1), ps; nothing of the host
+    assert vk_home not in mounts and "/work" not in mounts and "/sys/fs/cgroup/memory" not in mounts
+    link_lines = [line for line in net.splitlines() if " link/" in line]
+    assert [line.split(":")[1].strip() for line in link_lines] == ["lo"], net
+    assert ",UP" in link_lines[0] and "127.0.0.1" in net
+
+
+def test_detached_lifecycle_list_exec_logs_stop(vk_home, client, name):
+    r = vk(vk_home, "run", "-d", "--name", name, "--cpus", "0.5", "--memory", "64M", "--pids", "64",
+           "busybox", "--", "sh", "-c", "echo started; echo to-stderr >&2; exec httpd -f -p 8080")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == name
+    listed = {i["name"]: i for i in json.loads(vk(vk_home, "list", "--json").stdout)}
+    assert listed[name]["state"] == "running" and listed[name]["pid"] > 0
+    assert os.path.exists(f"/proc/{listed[name]['pid']}")
+
+    ex = vk(vk_home, "exec", name, "--", "sh", "-c", "hostname; cat /proc/1/comm; wget -qO- http://127.0.0.1:8080/ 2>&1 | head -c 0; echo ok")
+    assert ex.returncode == 0, ex.stderr
+    assert ex.stdout.decode().split() == [name, "httpd", "ok"]
+    assert vk(vk_home, "exec", name, "--", "sh", "-c", "exit 5").returncode == 5
+
+    deadline = time.time() + 5
+    while b"to-stderr" not in vk(vk_home, "logs", name).stdout and time.time() < deadline:
+        time.sleep(0.1)
+    logs = vk(vk_home, "logs", name).stdout.decode()
+    assert "started" in logs and "to-stderr" in logs
+
+    stats = client.stats(name)
+    assert stats["memory_limit"] == 64 << 20 and stats["pids_limit"] == 64 and stats["pids_current"] >= 1
+
+    # httpd is PID 1 without a SIGTERM handler: the kernel ignores SIGTERM, so stop escalates to SIGKILL
+    r = vk(vk_home, "stop", "-t", "1", name)
+    assert r.returncode == 0, r.stderr
+    inst = client.instance(name)
+    assert inst["state"] == "stopped" and inst["exit_code"] == 137 and "SIGKILL" in inst["exit_reason"]
+    with pytest.raises(InvalidState, match="not|stopped"):
+        client.exec(name, ["true"])
+    r = vk(vk_home, "exec", name, "--", "true")
+    assert r.returncode != 0 and b"stopped" in r.stderr
+
+    assert vk(vk_home, "start", name).returncode == 0
+    assert client.instance(name)["state"] == "running"
+    assert vk(vk_home, "restart", "-t", "1", name).returncode == 0
+    assert client.instance(name)["state"] == "running"
+    r = vk(vk_home, "rm", name)
+    assert r.returncode != 0 and b"stop it first" in r.stderr
+    assert vk(vk_home, "rm", "-f", name).returncode == 0
+    with pytest.raises(NotFound):
+        client.instance(name)
+
+
+def test_kill_with_signal_and_exit_reason(vk_home, client, name):
+    client.run("busybox", ["sh", "-c", "trap 'exit 3' USR1; while true; do sleep 0.1; done"], detach=True, name=name)
+    assert vk(vk_home, "kill", "-s", "USR1", name).returncode == 0
+    deadline = time.time() + 5
+    while client.instance(name)["state"] != "stopped" and time.time() < deadline:
+        time.sleep(0.05)
+    inst = client.instance(name)
+    assert (inst["state"], inst["exit_code"], inst["exit_reason"]) == ("stopped", 3, "exited")
+    client.remove(name)
+
+
+def test_pause_and_resume(vk_home, client, name):
+    client.run("busybox", ["sleep", "600"], detach=True, name=name)
+    assert vk(vk_home, "pause", name).returncode == 0
+    assert client.instance(name)["state"] == "paused"
+    with pytest.raises(InvalidState):
+        client.exec(name, ["true"])
+    assert vk(vk_home, "resume", name).returncode == 0
+    assert client.exec(name, ["echo", "back"]).stdout == b"back\n"
+    client.remove(name, force=True)
+
+
+def test_exec_interactive_stdin(vk_home, client, name):
+    client.run("busybox", ["sleep", "600"], detach=True, name=name)
+    r = vk(vk_home, "exec", "-i", name, "--", "sh", input=b"echo from-stdin; hostname\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["from-stdin", name]
+    client.remove(name, force=True)
+
+
+def test_volumes_rw_and_ro(vk_home, client, name, tmp_path):
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    (ro / "keep").write_text("original")
+    r = vk(vk_home, "run", "--rm", "-v", f"{rw}:/data", "-v", f"{ro}:/conf:ro", "busybox", "--", "sh", "-c",
+           "echo written > /data/out; cat /conf/keep; echo x > /conf/keep && echo WROTE || echo refused")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["original", "refused"]
+    assert (rw / "out").read_text() == "written\n"
+    assert (ro / "keep").read_text() == "original"
+
+
+def test_file_changes_stay_in_the_instance(vk_home, client, name):
+    client.run("busybox", ["sh", "-c", "echo mine > /etc/marker; rm /bin/vi; sleep 600"], detach=True, name=name)
+    time.sleep(0.3)
+    assert client.exec(name, ["cat", "/etc/marker"]).stdout == b"mine\n"
+    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c", "cat /etc/marker 2>/dev/null || echo absent; ls /bin/vi")
+    assert r.stdout.decode().split() == ["absent", "/bin/vi"]
+    client.remove(name, force=True)

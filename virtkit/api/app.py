@@ -1,0 +1,124 @@
+"""The virtkitd FastAPI application: routes that turn HTTP into service calls; no logic of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from virtkit import __version__
+from virtkit.api.context import Context
+from virtkit.core.errors import InvalidArgument, VirtkitError
+
+
+def create_app(ctx: Context) -> FastAPI:
+    app = FastAPI(title="virtkit", version=__version__)
+    app.state.ctx = ctx
+    svc = ctx.instances
+
+    @app.exception_handler(VirtkitError)
+    async def _virtkit_error(_req: Request, exc: VirtkitError) -> JSONResponse:
+        return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
+
+    @app.get("/v1/info")
+    def info() -> dict[str, Any]:
+        return {"version": __version__, "home": ctx.home.root, "pid": os.getpid(),
+                "schema_version": ctx.store.schema_version()}
+
+    # -- images ---------------------------------------------------------------------------------------
+    @app.get("/v1/images")
+    def list_images() -> list[dict[str, Any]]:
+        return [ctx.image_dict(i) for i in ctx.images.list()]
+
+    @app.get("/v1/images/{name}")
+    def get_image(name: str) -> dict[str, Any]:
+        return ctx.image_dict(ctx.images.get(name))
+
+    @app.post("/v1/images/build")
+    def build_image(body: dict[str, Any]) -> dict[str, Any]:
+        return ctx.image_dict(ctx.build_image(str(body.get("kind", "")), body.get("name")))
+
+    @app.delete("/v1/images/{name}")
+    def remove_image(name: str) -> dict[str, Any]:
+        ctx.remove_image(name)
+        return {"removed": name}
+
+    # -- instances ------------------------------------------------------------------------------------
+    @app.get("/v1/instances")
+    def list_instances() -> list[dict[str, Any]]:
+        return [i.to_dict() for i in svc.list()]
+
+    @app.post("/v1/instances", status_code=201, response_model=None)
+    def create_instance(body: dict[str, Any]) -> dict[str, Any] | StreamingResponse:
+        if not body.get("attach"):
+            return svc.create(body, start=bool(body.get("start"))).to_dict()
+        # create, start and stream in one request: held from before start, so a quick exit is never missed
+        inst = svc.create(body, start=False)
+        svc.hold(inst.id)
+        try:
+            svc.start(inst.name)
+        except BaseException:
+            svc.release(inst.id)
+            if inst.spec.get("auto_remove"):
+                svc.remove(inst.id, force=True)
+            raise
+        return StreamingResponse(ctx.follow_log(inst.id, True, framed=True, held=True),
+                                 media_type="application/vnd.virtkit.frames")
+
+    @app.get("/v1/instances/{name}")
+    def get_instance(name: str) -> dict[str, Any]:
+        return svc.get(name).to_dict()
+
+    @app.post("/v1/instances/{name}/{action}")
+    def act(name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = body or {}
+        if action == "start":
+            return svc.start(name).to_dict()
+        if action == "stop":
+            return svc.stop(name, float(body.get("timeout", 10))).to_dict()
+        if action == "restart":
+            return svc.restart(name, float(body.get("timeout", 10))).to_dict()
+        if action == "kill":
+            return svc.kill(name, ctx.parse_signal(body.get("signal", "KILL"))).to_dict()
+        if action == "pause":
+            return svc.pause(name).to_dict()
+        if action == "resume":
+            return svc.resume(name).to_dict()
+        raise InvalidArgument(f"unknown action {action!r}")
+
+    @app.delete("/v1/instances/{name}")
+    def remove_instance(name: str, force: bool = False) -> dict[str, Any]:
+        svc.remove(name, force=force)
+        return {"removed": name}
+
+    @app.get("/v1/instances/{name}/stats")
+    def stats(name: str) -> dict[str, Any]:
+        return svc.stats(name)
+
+    @app.get("/v1/instances/{name}/logs")
+    def logs(name: str, follow: bool = False) -> StreamingResponse:
+        return StreamingResponse(ctx.follow_log(name, follow, framed=False),
+                                 media_type="application/octet-stream")
+
+    @app.get("/v1/instances/{name}/attach")
+    def attach(name: str) -> StreamingResponse:
+        """Output from the start, followed until the instance stops, then one exit frame (JSON)."""
+        return StreamingResponse(ctx.follow_log(name, True, framed=True),
+                                 media_type="application/vnd.virtkit.frames")
+
+    @app.websocket("/v1/instances/{name}/exec")
+    async def exec_ws(ws: WebSocket, name: str) -> None:
+        await ws.accept()
+        from virtkit.api.exec_session import run_exec
+
+        await run_exec(ws, ctx, name)
+
+    @app.post("/v1/system/shutdown")
+    async def shutdown() -> dict[str, Any]:
+        asyncio.get_running_loop().call_later(0.1, ctx.request_shutdown)
+        return {"shutting_down": True}
+
+    return app

@@ -1,0 +1,129 @@
+"""What virtkitd holds while it runs: the home, store, image store, drivers and services, wired once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signal_mod
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from virtkit.config import Home
+from virtkit.core.errors import InUse, InvalidArgument, NotFound
+from virtkit.core.models import InstanceState
+from virtkit.core.service import InstanceService
+
+FRAME_OUTPUT = 1
+FRAME_EXIT = 3
+
+
+class Context:
+    def __init__(self, home: Home) -> None:
+        from virtkit.container.driver import ContainerDriver
+        from virtkit.images.store import ImageStore
+        from virtkit.store.sqlite import SQLiteStore
+
+        home.ensure()
+        self.home = home
+        self.store = SQLiteStore(home.db)
+        self.images = ImageStore(home.images)
+        self.drivers = {"container": ContainerDriver(home, self.images)}
+        self.instances = InstanceService(self.store, self.drivers, self.images)  # type: ignore[arg-type]
+        self.shutdown_hook: Callable[[], None] | None = None
+
+    def request_shutdown(self) -> None:
+        from virtkit.container.supervisor import call
+
+        try:
+            call(self.home.supervisor_socket, {"op": "shutdown"}, timeout=5)
+        except Exception:  # busy (containers run on) or already gone: either way the daemon may stop
+            pass
+        if self.shutdown_hook:
+            self.shutdown_hook()
+
+    # -- images ---------------------------------------------------------------------------------------
+    @staticmethod
+    def image_dict(info: Any) -> dict[str, Any]:
+        cfg = info.config or {}
+        return {"name": info.name, "digest": info.digest, "layers": list(info.layers), "size": info.size,
+                "created": info.created, "architecture": cfg.get("architecture"), "os": cfg.get("os"),
+                "config": cfg.get("config", {})}
+
+    def build_image(self, kind: str, name: str | None) -> Any:
+        if kind == "busybox":
+            from virtkit.images.busybox import build_busybox
+
+            return build_busybox(self.images, name or "busybox")
+        raise InvalidArgument(f"image build: unknown image kind {kind!r} (known: busybox)")
+
+    def remove_image(self, name: str) -> None:
+        info = self.images.get(name)
+        users = [i.name for i in self.store.list_instances() if i.image == info.name]
+        if users:
+            raise InUse(f"image '{info.name}' is used by instance(s) {', '.join(users)}; remove them first")
+        self.images.remove(name)
+
+    # -- signals --------------------------------------------------------------------------------------
+    @staticmethod
+    def parse_signal(value: Any) -> int:
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return int(value)
+        name = str(value).upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            return int(signal_mod.Signals[name])
+        except KeyError as exc:
+            raise InvalidArgument(f"signal: unknown signal {value!r}") from exc
+
+    # -- logs -----------------------------------------------------------------------------------------
+    def follow_log(self, name: str, follow: bool, framed: bool, held: bool = False) -> Iterator[bytes]:
+        """Yield the log's bytes; when following, until the instance stops (then an exit frame if framed).
+
+        The instance is held (not auto-removed) while read; `held` says the caller took that hold already.
+        """
+        svc = self.instances
+        inst = svc.get(name)
+        path = svc.log_path(inst.id)
+        if not held:
+            svc.hold(inst.id)
+        try:
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                f = None
+            delay = 0.002
+            while True:
+                chunk = f.read(65536) if f else b""
+                if chunk:
+                    delay = 0.002
+                    yield _frame(FRAME_OUTPUT, chunk) if framed else chunk
+                    continue
+                if not follow:
+                    break
+                try:
+                    cur = svc.get(inst.id)
+                except NotFound:
+                    cur = None
+                if cur is None or cur.state in (InstanceState.STOPPED, InstanceState.CREATED):
+                    rest = f.read() if f else b""
+                    if rest:
+                        yield _frame(FRAME_OUTPUT, rest) if framed else rest
+                    if framed:
+                        status = {"exit_code": cur.exit_code if cur else None,
+                                  "reason": cur.exit_reason if cur else "removed"}
+                        yield _frame(FRAME_EXIT, json.dumps(status).encode())
+                    break
+                if f is None and os.path.exists(path):
+                    f = open(path, "rb")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            if f:
+                f.close()
+        finally:
+            svc.release(inst.id)
+
+
+def _frame(kind: int, data: bytes) -> bytes:
+    return kind.to_bytes(1, "big") + len(data).to_bytes(4, "big") + data

@@ -1,0 +1,71 @@
+"""virtkitd: serves the API on $VIRTKIT_HOME/virtkitd.sock (mode 0600), one daemon per home."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import threading
+import time
+
+
+def _reconcile_loop(ctx: object, stop: threading.Event) -> None:
+    """Record exits of instances nobody is asking about, so `list` and --rm stay current."""
+    while not stop.wait(0.5):
+        try:
+            ctx.instances.list()  # type: ignore[attr-defined]
+        except Exception as exc:  # keep the loop alive; the next round retries
+            print(f"virtkitd: reconcile failed: {exc}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="virtkitd", description="virtkit daemon")
+    parser.add_argument("--home", default=None, help="state directory (default $VIRTKIT_HOME or /var/lib/virtkit)")
+    args = parser.parse_args(argv)
+
+    from virtkit.config import Home
+
+    home = Home.from_env(args.home)
+    home.ensure()
+    lock = open(os.path.join(home.root, "virtkitd.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"virtkitd: another daemon already serves {home.root}", file=sys.stderr)
+        sys.exit(1)
+
+    import uvicorn
+
+    from virtkit.api.app import create_app
+    from virtkit.api.context import Context
+    from virtkit.container.supervisor import ensure_running
+
+    ctx = Context(home)
+    ensure_running(home.run_dir, home.runtime_root, os.path.join(home.root, "supervisor.log"))
+    app = create_app(ctx)
+    try:
+        os.unlink(home.socket)
+    except FileNotFoundError:
+        pass
+    config = uvicorn.Config(app, uds=home.socket, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    ctx.shutdown_hook = lambda: setattr(server, "should_exit", True)
+    os.umask(0o077)  # the socket is created 0600: only root talks to virtkitd
+    with open(os.path.join(home.run_dir, "virtkitd.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    stop = threading.Event()
+    threading.Thread(target=_reconcile_loop, args=(ctx, stop), daemon=True).start()
+    try:
+        server.run()
+    finally:
+        stop.set()
+        time.sleep(0)
+        try:
+            os.unlink(home.socket)
+        except FileNotFoundError:
+            pass
+
+
+if __name__ == "__main__":
+    main()

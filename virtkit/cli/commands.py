@@ -1,0 +1,211 @@
+"""One function per `virtkit` command: SDK call in, printed result out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from virtkit.client import Client
+from virtkit.cli.main import _command
+from virtkit.core.errors import InvalidArgument, VirtkitError
+
+
+def _write_out(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _each(names: list[str], fn: Any) -> int:
+    """Apply fn to every name, report each failure, exit non-zero if any failed (Docker's behaviour)."""
+    code = 0
+    for name in names:
+        try:
+            fn(name)
+            print(name)
+        except VirtkitError as exc:
+            print(f"virtkit: error: {exc.message}", file=sys.stderr)
+            code = exc.exit_code
+    return code
+
+
+# -- images ---------------------------------------------------------------------------------------------
+def cmd_image(c: Client, a: argparse.Namespace) -> int:
+    sub = {"ls": "list"}.get(a.image_cmd, a.image_cmd)
+    if sub == "build":
+        print(f"building image {a.name or a.kind} ...", file=sys.stderr)
+        info = c.build_image(a.kind, a.name)
+        print(f"{info['name']} {info['digest']}")
+        return 0
+    if sub == "list":
+        images = c.images()
+        if a.json:
+            print(json.dumps(images, indent=2))
+            return 0
+        _table(["NAME", "DIGEST", "SIZE", "CREATED"],
+               [[i["name"], i["digest"][7:19], _size(i["size"]), i["created"]] for i in images])
+        return 0
+    if sub == "rm":
+        return _each(a.names, c.remove_image)
+    if sub == "inspect":
+        print(json.dumps(c.image(a.name), indent=2))
+        return 0
+    raise InvalidArgument(f"unknown image command {a.image_cmd!r}")
+
+
+# -- instances ------------------------------------------------------------------------------------------
+def cmd_run(c: Client, a: argparse.Namespace) -> int:
+    cmd = _command(a)
+    options: dict[str, Any] = {
+        "name": a.name, "cpus": a.cpus, "memory": a.memory, "pids": a.pids, "env": a.env,
+        "volumes": a.volume, "cap_add": a.cap_add, "cap_drop": a.cap_drop, "workdir": a.workdir,
+        "hostname": a.hostname, "auto_remove": a.rm,
+    }
+    options = {k: v for k, v in options.items() if v not in (None, [])}
+    if a.detach:
+        inst = c.run(a.image, cmd, detach=True, **options)
+        print(inst["name"])
+        return 0
+    status = c.run(a.image, cmd, output=_write_out, **options)
+    code = status.get("exit_code")
+    if code is None:
+        print(f"virtkit: instance ended without an exit code ({status.get('reason')})", file=sys.stderr)
+        return 125
+    return int(code)
+
+
+def cmd_list(c: Client, a: argparse.Namespace) -> int:
+    insts = c.instances()
+    if a.json:
+        print(json.dumps(insts, indent=2))
+        return 0
+    rows = []
+    for i in insts:
+        status = i["state"]
+        if i["state"] == "stopped" and i.get("exit_code") is not None:
+            status = f"stopped ({i['exit_code']}, {i.get('exit_reason')})"
+        rows.append([i["name"], i["type"], status, i["image"], str(i.get("pid") or ""),
+                     _ago(i["created_at"])])
+    _table(["NAME", "TYPE", "STATE", "IMAGE", "PID", "CREATED"], rows)
+    return 0
+
+
+def cmd_inspect(c: Client, a: argparse.Namespace) -> int:
+    print(json.dumps(c.instance(a.name), indent=2))
+    return 0
+
+
+def cmd_exec(c: Client, a: argparse.Namespace) -> int:
+    cmd = _command(a)
+    if not cmd:
+        raise InvalidArgument("exec: give a command after the instance name")
+    if a.tty:
+        from virtkit.cli.terminal import exec_tty
+
+        return exec_tty(c, a.name, cmd, a.env)
+    stdin = _stdin_chunks() if a.interactive else None
+    return c.exec_stream(a.name, cmd, env=a.env, stdin=stdin, on_stdout=_write_out,
+                         on_stderr=lambda d: (sys.stderr.buffer.write(d), sys.stderr.buffer.flush()))
+
+
+def _stdin_chunks() -> Any:
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            return
+        yield data
+
+
+def cmd_logs(c: Client, a: argparse.Namespace) -> int:
+    for chunk in c.logs(a.name, follow=a.follow):
+        _write_out(chunk)
+    return 0
+
+
+def cmd_start(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, c.start)
+
+
+def cmd_stop(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, lambda n: c.stop(n, a.time))
+
+
+def cmd_restart(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, lambda n: c.restart(n, a.time))
+
+
+def cmd_kill(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, lambda n: c.kill(n, a.signal))
+
+
+def cmd_pause(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, c.pause)
+
+
+def cmd_resume(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, c.resume)
+
+
+def cmd_rm(c: Client, a: argparse.Namespace) -> int:
+    return _each(a.names, lambda n: c.remove(n, force=a.force))
+
+
+def cmd_stats(c: Client, a: argparse.Namespace) -> int:
+    first = c.stats(a.name)
+    t0 = time.monotonic()
+    time.sleep(0.5)
+    second = c.stats(a.name)
+    elapsed = time.monotonic() - t0
+    cpu_pct = 100.0 * (second.get("cpu_usage_ns", 0) - first.get("cpu_usage_ns", 0)) / (elapsed * 1e9)
+    second["cpu_percent"] = round(cpu_pct, 1)
+    if a.json:
+        print(json.dumps(second, indent=2))
+        return 0
+    limit = second.get("memory_limit")
+    _table(["NAME", "CPU TIME", "CPU %", "MEMORY", "LIMIT", "PIDS"], [[
+        a.name, f"{second.get('cpu_usage_ns', 0) / 1e9:.2f}s", f"{cpu_pct:.1f}%",
+        _size(second.get("memory_bytes", 0)), _size(limit) if limit else "-",
+        f"{second.get('pids_current', 0)}/{second.get('pids_limit') or '-'}",
+    ]])
+    return 0
+
+
+def cmd_system(c: Client, a: argparse.Namespace) -> int:
+    if a.system_cmd == "info":
+        print(json.dumps(c.info(), indent=2))
+    elif a.system_cmd == "shutdown":
+        c.shutdown()
+    return 0
+
+
+# -- printing -------------------------------------------------------------------------------------------
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{f:.0f}{unit}" if unit == "B" else f"{f:.1f}{unit}"
+        f /= 1024
+    return str(n)
+
+
+def _ago(ts: float) -> str:
+    d = max(0, time.time() - ts)
+    if d < 60:
+        return f"{int(d)}s ago"
+    if d < 3600:
+        return f"{int(d // 60)}m ago"
+    if d < 86400:
+        return f"{int(d // 3600)}h ago"
+    return f"{int(d // 86400)}d ago"

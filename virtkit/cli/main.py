@@ -1,0 +1,120 @@
+"""The `virtkit` command: parses arguments, calls the SDK, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from virtkit.core.errors import VirtkitError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="virtkit", description="Run containers and virtual machines.")
+    p.add_argument("--home", help="virtkit home (default $VIRTKIT_HOME or /var/lib/virtkit)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    img = sub.add_parser("image", help="manage images").add_subparsers(dest="image_cmd", required=True)
+    b = img.add_parser("build", help="build an image (busybox)")
+    b.add_argument("kind", help="what to build: busybox")
+    b.add_argument("--name", help="image name (default: the kind)")
+    il = img.add_parser("list", aliases=["ls"], help="list images")
+    il.add_argument("--json", action="store_true")
+    ir = img.add_parser("rm", help="remove images")
+    ir.add_argument("names", nargs="+")
+    ii = img.add_parser("inspect", help="show an image as JSON")
+    ii.add_argument("name")
+
+    r = sub.add_parser("run", help="create and start an instance")
+    r.add_argument("--name")
+    r.add_argument("-d", "--detach", action="store_true", help="run in the background, print the name")
+    r.add_argument("--rm", action="store_true", help="remove the instance when it exits")
+    r.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 0.5")
+    r.add_argument("--memory", "-m", help="memory limit, e.g. 64M")
+    r.add_argument("--pids", type=int, help="maximum number of processes")
+    r.add_argument("-e", "--env", action="append", default=[], help="NAME=VALUE")
+    r.add_argument("-v", "--volume", action="append", default=[], help="HOSTDIR:DIR[:ro]")
+    r.add_argument("--cap-add", action="append", default=[])
+    r.add_argument("--cap-drop", action="append", default=[])
+    r.add_argument("-w", "--workdir")
+    r.add_argument("--hostname")
+    r.add_argument("image")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+
+    ls = sub.add_parser("list", aliases=["ls", "ps"], help="list instances")
+    ls.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("exec", help="run a command in a running instance")
+    ex.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    ex.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    ex.add_argument("-e", "--env", action="append", default=[])
+    ex.add_argument("name")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+
+    lg = sub.add_parser("logs", help="show an instance's output")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("name")
+
+    st = sub.add_parser("stop", help="stop instances (SIGTERM, then SIGKILL after the timeout)")
+    st.add_argument("-t", "--time", type=float, default=10.0, help="seconds to wait before SIGKILL")
+    st.add_argument("names", nargs="+")
+    rs = sub.add_parser("restart", help="restart instances")
+    rs.add_argument("-t", "--time", type=float, default=10.0)
+    rs.add_argument("names", nargs="+")
+    for verb in ("start", "pause", "resume"):
+        sp = sub.add_parser(verb, help=f"{verb} instances")
+        sp.add_argument("names", nargs="+")
+    k = sub.add_parser("kill", help="send a signal (default KILL)")
+    k.add_argument("-s", "--signal", default="KILL")
+    k.add_argument("names", nargs="+")
+    rm = sub.add_parser("rm", help="remove instances")
+    rm.add_argument("-f", "--force", action="store_true", help="stop running instances first")
+    rm.add_argument("names", nargs="+")
+    sts = sub.add_parser("stats", help="CPU, memory and pids of an instance")
+    sts.add_argument("--json", action="store_true")
+    sts.add_argument("name")
+    ins = sub.add_parser("inspect", help="show an instance as JSON")
+    ins.add_argument("name")
+
+    sy = sub.add_parser("system", help="the daemon").add_subparsers(dest="system_cmd", required=True)
+    sy.add_parser("info")
+    sy.add_parser("shutdown", help="stop virtkitd (instances keep running)")
+    return p
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        code = dispatch(args)
+    except VirtkitError as exc:
+        print(f"virtkit: error: {exc.message}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from virtkit.client import connect
+    from virtkit.cli import commands
+
+    client = connect(args.home)
+    handler = getattr(commands, "cmd_" + args.cmd.replace("-", "_"), None)
+    if handler is None:
+        aliases = {"ls": "list", "ps": "list"}
+        handler = getattr(commands, "cmd_" + aliases[args.cmd])
+    result: Any = handler(client, args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Where a virtkit home keeps things: one object that names every path under $VIRTKIT_HOME."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+DEFAULT_HOME = "/var/lib/virtkit"
+
+
+@dataclass(frozen=True)
+class Home:
+    root: str
+
+    @classmethod
+    def from_env(cls, root: str | None = None) -> "Home":
+        return cls(os.path.abspath(root or os.environ.get("VIRTKIT_HOME") or DEFAULT_HOME))
+
+    @property
+    def id(self) -> str:
+        """Short stable id of this home; prefixes every global kernel object (cgroups, links) it makes."""
+        return hashlib.sha256(self.root.encode()).hexdigest()[:8]
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.root, "virtkitd.sock")
+
+    @property
+    def db(self) -> str:
+        return os.path.join(self.root, "virtkit.db")
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.root, "run")
+
+    @property
+    def supervisor_socket(self) -> str:
+        return os.path.join(self.run_dir, "supervisor.sock")
+
+    @property
+    def images(self) -> str:
+        return os.path.join(self.root, "images")
+
+    @property
+    def containers(self) -> str:
+        return os.path.join(self.root, "containers")
+
+    @property
+    def runtime_root(self) -> str:
+        return os.path.join(self.run_dir, "runtime")
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/virtkit-{self.id}"
+
+    def instance_dir(self, instance_id: str) -> str:
+        return os.path.join(self.containers, instance_id)
+
+    def ensure(self) -> None:
+        for d in (self.root, self.run_dir, self.images, self.containers, self.runtime_root):
+            os.makedirs(d, mode=0o700, exist_ok=True)

@@ -1,0 +1,108 @@
+"""Turns an instance (image config + user options) into an OCI bundle: config.json and the overlay it mounts."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+OVERLAY_ANNOTATION = "org.virtkit.rootfs.overlay"
+CPU_PERIOD = 100_000
+
+
+def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in list(image_env) + list(user_env):
+        key, _, value = item.partition("=")
+        merged[key] = value
+    if "PATH" not in merged:
+        merged["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def resources(spec: dict[str, Any]) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    if spec.get("cpus"):
+        res["cpu"] = {"quota": int(round(spec["cpus"] * CPU_PERIOD)), "period": CPU_PERIOD}
+    if spec.get("memory"):
+        # swap equal to the limit means no swap on top of it (Docker's --memory-swap default is 2x; we keep it strict)
+        res["memory"] = {"limit": spec["memory"], "swap": spec["memory"]}
+    if spec.get("pids"):
+        res["pids"] = {"limit": spec["pids"]}
+    return res
+
+
+def build_config(
+    *,
+    instance_id: str,
+    hostname: str,
+    image_config: dict[str, Any],
+    spec: dict[str, Any],
+    lowerdirs: list[str],
+    instance_dir: str,
+    cgroup_path: str,
+) -> dict[str, Any]:
+    """The config.json for one container instance."""
+    from virtkit.container import caps as caps_mod
+    from virtkit.container import seccomp
+    from virtkit.container.spec import default_spec
+    from virtkit.core.capabilities import effective_set
+
+    img = image_config.get("config") or {}
+    entrypoint = img.get("Entrypoint") or []
+    args = list(entrypoint) + (spec.get("command") or img.get("Cmd") or [])
+    if not args:
+        from virtkit.core.errors import InvalidArgument
+
+        raise InvalidArgument("command: the image has no default command; give one after --")
+
+    config = default_spec(args=args)
+    process = config["process"]
+    process["terminal"] = False
+    process["env"] = _merge_env(img.get("Env") or [], spec.get("env") or [])
+    process["cwd"] = spec.get("workdir") or img.get("WorkingDir") or "/"
+    caps = effective_set(list(caps_mod.VIRTKIT_DEFAULT_CAPS), spec.get("cap_add") or [], spec.get("cap_drop") or [])
+    process["capabilities"] = {
+        "bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": [],
+    }
+    process["noNewPrivileges"] = False
+    config["hostname"] = hostname
+    config["root"] = {"path": os.path.join(instance_dir, "rootfs"), "readonly": False}
+    config["annotations"] = {
+        OVERLAY_ANNOTATION: json.dumps({
+            "lowerdir": lowerdirs,
+            "upperdir": os.path.join(instance_dir, "upper"),
+            "workdir": os.path.join(instance_dir, "work"),
+        }),
+        "org.virtkit.instance.id": instance_id,
+    }
+    linux = config.setdefault("linux", {})
+    linux["cgroupsPath"] = cgroup_path
+    linux["resources"] = {**linux.get("resources", {}), **resources(spec)}
+    linux["seccomp"] = seccomp.default_profile()
+    linux["namespaces"] = [{"type": t} for t in ("pid", "mount", "uts", "ipc", "network", "cgroup")]
+
+    mounts = config.setdefault("mounts", [])
+    for name in ("hosts", "hostname"):
+        mounts.append({"destination": f"/etc/{name}", "type": "bind",
+                       "source": os.path.join(instance_dir, name), "options": ["rbind", "ro", "nosuid", "nodev"]})
+    for vol in spec.get("volumes") or []:
+        opts = ["rbind", "rprivate"] + (["ro"] if vol.get("readonly") else [])
+        mounts.append({"destination": vol["target"], "type": "bind", "source": vol["source"], "options": opts})
+    return config
+
+
+def write_bundle(instance_dir: str, hostname: str, config: dict[str, Any]) -> str:
+    """Create the instance's directories and files; returns the bundle directory."""
+    for d in ("rootfs", "upper", "work", "bundle"):
+        os.makedirs(os.path.join(instance_dir, d), mode=0o755, exist_ok=True)
+    with open(os.path.join(instance_dir, "hostname"), "w") as f:
+        f.write(hostname + "\n")
+    with open(os.path.join(instance_dir, "hosts"), "w") as f:
+        f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+    bundle = os.path.join(instance_dir, "bundle")
+    tmp = os.path.join(bundle, "config.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=1)
+    os.rename(tmp, os.path.join(bundle, "config.json"))
+    return bundle

@@ -1,0 +1,161 @@
+"""The container InstanceDriver: bundles from images, started under the home's supervisor, driven by the runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Any
+
+from virtkit.config import Home
+from virtkit.core.driver import ExitStatus
+from virtkit.core.errors import NotFound, SystemFailure
+from virtkit.core.models import Instance
+
+
+class ContainerDriver:
+    type = "container"
+
+    def __init__(self, home: Home, images: Any) -> None:
+        self.home = home
+        self.images = images
+        self._runtime: Any = None
+
+    @property
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            from virtkit.container.runtime import Runtime
+
+            self._runtime = Runtime(self.home.runtime_root)
+        return self._runtime
+
+    def _dir(self, instance: Instance) -> str:
+        return self.home.instance_dir(instance.id)
+
+    def _exit_file(self, instance: Instance) -> str:
+        return os.path.join(self._dir(instance), "exit.json")
+
+    def cgroup_path(self, instance: Instance) -> str:
+        return f"{self.home.cgroup_parent}/{instance.id}"
+
+    def log_path(self, instance: Instance) -> str:
+        return os.path.join(self._dir(instance), "console.log")
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def create(self, instance: Instance) -> None:
+        from virtkit.container.bundle import build_config, write_bundle
+
+        info = self.images.get(instance.image)
+        lowerdirs = [str(p) for p in self.images.layer_paths(instance.image)]
+        # overlayfs takes the top-most lowerdir first; the store lists lowest first
+        lowerdirs.reverse()
+        idir = self._dir(instance)
+        hostname = instance.spec.get("hostname") or instance.name
+        config = build_config(
+            instance_id=instance.id, hostname=hostname, image_config=info.config, spec=instance.spec,
+            lowerdirs=lowerdirs, instance_dir=idir, cgroup_path=self.cgroup_path(instance),
+        )
+        try:
+            write_bundle(idir, hostname, config)
+        except OSError as exc:
+            shutil.rmtree(idir, ignore_errors=True)
+            raise SystemFailure(f"cannot write bundle for '{instance.name}': {exc}") from exc
+
+    def start(self, instance: Instance) -> int:
+        from virtkit.container.supervisor import call, ensure_running
+
+        self._forget_runtime_state(instance)
+        try:
+            os.unlink(self._exit_file(instance))
+        except FileNotFoundError:
+            pass
+        ensure_running(self.home.run_dir, self.home.runtime_root, os.path.join(self.home.root, "supervisor.log"))
+        reply = call(self.home.supervisor_socket, {
+            "op": "run", "id": instance.id, "bundle": os.path.join(self._dir(instance), "bundle"),
+            "log": self.log_path(instance), "exit_file": self._exit_file(instance),
+            "cgroup": self.cgroup_path(instance),
+        })
+        return int(reply["pid"])
+
+    def _forget_runtime_state(self, instance: Instance) -> None:
+        """A restart reuses the runtime id: clear the previous run's (stopped) state and cgroup first."""
+        try:
+            self.runtime.delete(instance.id, force=True)
+        except NotFound:
+            pass
+
+    def status(self, instance: Instance) -> str:
+        """The runtime's view: created, running, paused, stopped (or stopped when it knows nothing)."""
+        try:
+            return str(self.runtime.state(instance.id)["status"])
+        except NotFound:
+            return "stopped"
+
+    def exit_status(self, instance: Instance) -> ExitStatus | None:
+        try:
+            with open(self._exit_file(instance)) as f:
+                data = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return ExitStatus(code=int(data["code"]), reason=str(data["reason"]), finished_at=float(data["finished_at"]))
+
+    def kill(self, instance: Instance, sig: int) -> None:
+        self.runtime.kill(instance.id, sig)
+
+    def stop(self, instance: Instance, timeout: float) -> None:
+        if self.status(instance) == "paused":
+            self.runtime.resume(instance.id)
+        try:
+            self.runtime.kill(instance.id, signal.SIGTERM)
+        except Exception:
+            pass
+        if self._wait_exit(instance, timeout):
+            return
+        from virtkit.container.cgroups import manager_for
+
+        cg = manager_for(self.cgroup_path(instance))
+        if cg.exists():
+            cg.kill_all(signal.SIGKILL)
+        if not self._wait_exit(instance, 10.0):
+            raise SystemFailure(f"instance '{instance.name}' did not exit after SIGKILL")
+
+    def _wait_exit(self, instance: Instance, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.exit_status(instance) is not None or self.status(instance) == "stopped":
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def pause(self, instance: Instance) -> None:
+        self.runtime.pause(instance.id)
+
+    def resume(self, instance: Instance) -> None:
+        self.runtime.resume(instance.id)
+
+    def delete(self, instance: Instance) -> None:
+        self._forget_runtime_state(instance)
+        shutil.rmtree(self._dir(instance), ignore_errors=True)
+
+    def stats(self, instance: Instance) -> dict[str, Any]:
+        from virtkit.container.cgroups import manager_for
+
+        cg = manager_for(self.cgroup_path(instance))
+        if not cg.exists():
+            return {}
+        return dict(cg.stats())
+
+    def exec_argv(self, instance: Instance, command: list[str], *, tty: bool, env: list[str],
+                  console_socket: str | None = None) -> list[str]:
+        argv = [sys.executable, "-m", "virtkit.container.cli", "--root", self.home.runtime_root, "exec"]
+        if tty:
+            argv.append("--tty")
+        if console_socket:
+            argv += ["--console-socket", console_socket]
+        for e in env:
+            argv += ["--env", e]
+        return argv + [instance.id, *command]

@@ -1,0 +1,282 @@
+"""The container supervisor: one subreaper per virtkit home that starts containers and records how they end.
+
+Why one subreaper and not a monitor per container (conmon's design): a monitor costs every idle container a
+process (conmon ~1-2 MB RSS, a Python monitor ~9 MB); the subreaper costs nothing per container. It is a separate
+process from virtkitd, so killing or restarting virtkitd leaves containers running and their exits recorded.
+Measured figures are in bench/results and the README.
+
+Protocol: one JSON request per connection on $VIRTKIT_HOME/run/supervisor.sock, one JSON reply.
+  {"op": "ping"}
+  {"op": "run", "id": ID, "bundle": DIR, "log": FILE, "exit_file": FILE, "cgroup": PATH}  -> {"ok": true, "pid": N}
+When a container's init exits, the supervisor writes exit_file atomically:
+  {"code": N, "reason": "exited"|"killed by SIGx"|"oom-killed", "finished_at": T}
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _write_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def describe_status(status: int, oom: bool) -> tuple[int, str]:
+    """Exit code and reason, as Docker reports them: 128+N for a signal."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), "exited"
+    sig = os.WTERMSIG(status)
+    if oom and sig == signal.SIGKILL:
+        return 128 + sig, "oom-killed"
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    return 128 + sig, f"killed by {name}"
+
+
+class Supervisor:
+    def __init__(self, run_dir: str, runtime_root: str) -> None:
+        self.run_dir = run_dir
+        self.runtime_root = runtime_root
+        self.socket_path = os.path.join(run_dir, "supervisor.sock")
+        self.watched: dict[int, dict[str, Any]] = {}
+        self._runtime: Any = None
+        self.stopping = False
+
+    @property
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            from virtkit.container.runtime import Runtime
+
+            self._runtime = Runtime(self.runtime_root)
+        return self._runtime
+
+    # -- requests -------------------------------------------------------------------------------------
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid(), "watched": len(self.watched)}
+        if op == "run":
+            return self._run(req)
+        if op == "shutdown":
+            # only when idle: with running containers it must stay, or their exits would go unrecorded
+            if self.watched and not req.get("force"):
+                return {"ok": False, "error": "in_use",
+                        "message": f"{len(self.watched)} container(s) still running under the supervisor"}
+            self.stopping = True
+            return {"ok": True}
+        return {"ok": False, "error": "invalid_argument", "message": f"unknown supervisor op {op!r}"}
+
+    def _run(self, req: dict[str, Any]) -> dict[str, Any]:
+        cid, bundle, log = req["id"], req["bundle"], req["log"]
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            state = self.runtime.create(cid, bundle, stdio=(devnull, out, out))
+        finally:
+            os.close(devnull)
+            os.close(out)
+        pid = int(state["pid"])
+        self.watched[pid] = {"id": cid, "exit_file": req["exit_file"], "cgroup": req.get("cgroup")}
+        try:
+            self.runtime.start(cid)
+        except BaseException:
+            self.watched.pop(pid, None)
+            raise
+        return {"ok": True, "pid": pid}
+
+    # -- reaping --------------------------------------------------------------------------------------
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            info = self.watched.pop(pid, None)
+            if info is None:
+                continue
+            oom = False
+            if info.get("cgroup"):
+                try:
+                    from virtkit.container.cgroups import manager_for
+
+                    oom = manager_for(info["cgroup"]).oom_killed()
+                except Exception:  # the cgroup may be gone already (force delete)
+                    oom = False
+            code, reason = describe_status(status, oom)
+            try:
+                _write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()})
+            except OSError as exc:
+                print(f"supervisor: cannot record exit of {info['id']}: {exc}", file=sys.stderr, flush=True)
+
+    # -- main loop ------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        _set_subreaper()
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        os.umask(old_umask)
+        listener.listen(64)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        stop = False
+
+        def _term(*_: Any) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, _term)
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ, "accept")
+        sel.register(rfd, selectors.EVENT_READ, "signal")
+        with open(os.path.join(self.run_dir, "supervisor.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        self.reap()
+        while not stop and not self.stopping:
+            for key, _ in sel.select(timeout=1.0):
+                if key.data == "signal":
+                    try:
+                        while os.read(rfd, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                else:
+                    self._serve_one(listener)
+            self.reap()
+        listener.close()
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+    def _serve_one(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(30)
+            try:
+                buf = b""
+                while not buf.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                req = json.loads(buf)
+                reply = self.handle(req)
+            except Exception as exc:  # every failure goes back to the caller as a structured error
+                code = getattr(exc, "code", "system_failure")
+                reply = {"ok": False, "error": code if isinstance(code, str) else "system_failure",
+                         "message": getattr(exc, "message", None) or str(exc)}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+
+def call(socket_path: str, request: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """Send one request to the supervisor; raise the virtkit error it reports."""
+    from virtkit.core.errors import DaemonUnavailable, from_dict
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(socket_path)
+        except OSError as exc:
+            raise DaemonUnavailable(f"container supervisor not reachable at {socket_path}: {exc.strerror}") from exc
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    if not buf:
+        raise DaemonUnavailable("container supervisor closed the connection without answering")
+    reply = json.loads(buf)
+    if not reply.get("ok"):
+        raise from_dict(reply)
+    return reply
+
+
+def ensure_running(run_dir: str, runtime_root: str, log_path: str, timeout: float = 10.0) -> None:
+    """Start the supervisor for this home unless one answers already (it outlives the caller)."""
+    import fcntl
+    import subprocess
+
+    sock = os.path.join(run_dir, "supervisor.sock")
+    try:
+        call(sock, {"op": "ping"}, timeout=2)
+        return
+    except Exception:
+        pass
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    with open(os.path.join(run_dir, "supervisor.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            call(sock, {"op": "ping"}, timeout=2)
+            return
+        except Exception:
+            pass
+        with open(log_path, "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "virtkit.container.supervisor", run_dir, runtime_root],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                call(sock, {"op": "ping"}, timeout=2)
+                return
+            except Exception:
+                time.sleep(0.02)
+    from virtkit.core.errors import DaemonUnavailable
+
+    raise DaemonUnavailable(f"container supervisor did not start; see {log_path}")
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        print("usage: python -m virtkit.container.supervisor RUN_DIR RUNTIME_ROOT", file=sys.stderr)
+        sys.exit(2)
+    Supervisor(sys.argv[1], sys.argv[2]).serve()
+
+
+if __name__ == "__main__":
+    main()

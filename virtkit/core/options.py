@@ -1,0 +1,117 @@
+"""Validation of what a user asks for when creating an instance: limits, volumes, capabilities, names."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from virtkit.core.errors import InvalidArgument
+from virtkit.core.models import validate_name
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+MIN_MEMORY = 6 << 20          # Docker's minimum; below this a container cannot even start its init
+MAX_MEMORY = 1 << 50
+MAX_CPUS = 1024.0
+MAX_PIDS = 4194304
+
+
+def parse_size(value: str | int, field: str) -> int:
+    """'64M', '1g', '512MiB', 1048576 -> bytes."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{field}: expected a size like 64M, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            raise InvalidArgument(f"{field}: cannot parse size {value!r} (use e.g. 64M, 1G, 512MiB)")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return n
+
+
+def validate_create(req: dict[str, Any]) -> dict[str, Any]:
+    """Check and normalise a create request; returns the instance spec stored with the instance."""
+    spec: dict[str, Any] = {}
+    if req.get("name") is not None:
+        validate_name(req["name"], "name")
+    image = req.get("image")
+    if not isinstance(image, str) or not image:
+        raise InvalidArgument("image: required")
+    command = req.get("command") or []
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise InvalidArgument("command: must be a list of strings")
+    spec["command"] = command
+    env = req.get("env") or []
+    for e in env:
+        if not isinstance(e, str) or "=" not in e or e.startswith("="):
+            raise InvalidArgument(f"env: {e!r} is not NAME=VALUE")
+    spec["env"] = list(env)
+
+    if req.get("cpus") is not None:
+        try:
+            cpus = float(req["cpus"])
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"cpus: not a number: {req['cpus']!r}") from exc
+        if not 0.01 <= cpus <= MAX_CPUS:
+            raise InvalidArgument(f"cpus: must be between 0.01 and {MAX_CPUS:g} (got {cpus:g})")
+        spec["cpus"] = cpus
+    if req.get("memory") is not None:
+        mem = parse_size(req["memory"], "memory")
+        if not MIN_MEMORY <= mem <= MAX_MEMORY:
+            raise InvalidArgument(f"memory: must be between 6M and 1P (got {req['memory']!r})")
+        spec["memory"] = mem
+    if req.get("pids") is not None:
+        try:
+            pids = int(req["pids"])
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"pids: not an integer: {req['pids']!r}") from exc
+        if not 1 <= pids <= MAX_PIDS:
+            raise InvalidArgument(f"pids: must be between 1 and {MAX_PIDS} (got {pids})")
+        spec["pids"] = pids
+
+    volumes = []
+    for v in req.get("volumes") or []:
+        volumes.append(parse_volume(v))
+    spec["volumes"] = volumes
+
+    from virtkit.core.capabilities import normalise_caps
+
+    spec["cap_add"] = normalise_caps(req.get("cap_add") or [], "cap_add")
+    spec["cap_drop"] = normalise_caps(req.get("cap_drop") or [], "cap_drop")
+    workdir = req.get("workdir")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
+        raise InvalidArgument(f"workdir: must be an absolute path (got {workdir!r})")
+    spec["workdir"] = workdir
+    spec["auto_remove"] = bool(req.get("auto_remove"))
+    hostname = req.get("hostname")
+    if hostname is not None:
+        validate_name(hostname, "hostname")
+    spec["hostname"] = hostname
+    return spec
+
+
+def parse_volume(v: str | dict[str, Any]) -> dict[str, Any]:
+    """'HOSTDIR:DIR[:ro|rw]' or {"source", "target", "readonly"} -> normalised dict."""
+    if isinstance(v, str):
+        parts = v.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise InvalidArgument(f"volume: {v!r} is not HOSTDIR:DIR[:ro]")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise InvalidArgument(f"volume: {v!r}: mode must be ro or rw, got {mode!r}")
+        vol = {"source": parts[0], "target": parts[1], "readonly": mode == "ro"}
+    elif isinstance(v, dict):
+        vol = {"source": v.get("source"), "target": v.get("target"), "readonly": bool(v.get("readonly"))}
+    else:
+        raise InvalidArgument(f"volume: cannot parse {v!r}")
+    src, dst = vol["source"], vol["target"]
+    if not isinstance(src, str) or not os.path.isabs(src):
+        raise InvalidArgument(f"volume: host path must be absolute (got {src!r})")
+    if not os.path.exists(src):
+        raise InvalidArgument(f"volume: host path {src!r} does not exist")
+    if not isinstance(dst, str) or not dst.startswith("/") or ".." in dst.split("/"):
+        raise InvalidArgument(f"volume: container path must be absolute without '..' (got {dst!r})")
+    return vol

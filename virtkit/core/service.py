@@ -1,0 +1,225 @@
+"""Instance lifecycle services: create, start, stop, exec, rm ... over a Store and the drivers. No syscalls here."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Any
+
+from virtkit.core import lifecycle
+from virtkit.core.driver import InstanceDriver
+from virtkit.core.errors import InvalidArgument, NotFound, VirtkitError
+from virtkit.core.models import Instance, InstanceState
+from virtkit.core.names import generate_name
+from virtkit.core.options import validate_create
+from virtkit.store.base import Store
+
+S = InstanceState
+
+
+class InstanceService:
+    def __init__(self, store: Store, drivers: dict[str, InstanceDriver], images: Any) -> None:
+        self.store = store
+        self.drivers = drivers
+        self.images = images
+        self._lock = threading.RLock()
+        self._held: dict[str, int] = {}     # instance id -> attached readers; auto-remove waits for them
+
+    def hold(self, instance_id: str) -> None:
+        with self._lock:
+            self._held[instance_id] = self._held.get(instance_id, 0) + 1
+
+    def release(self, instance_id: str) -> None:
+        """Drop a reader; an auto-remove instance that has stopped meanwhile is removed now."""
+        with self._lock:
+            n = self._held.get(instance_id, 0) - 1
+            if n > 0:
+                self._held[instance_id] = n
+                return
+            self._held.pop(instance_id, None)
+        try:
+            inst = self.reconcile(self.store.get_instance(instance_id))
+        except NotFound:
+            return
+        if inst.state == S.STOPPED and inst.spec.get("auto_remove"):
+            self._remove(inst)
+
+    def driver(self, instance: Instance) -> InstanceDriver:
+        return self.drivers[instance.type]
+
+    # -- queries --------------------------------------------------------------------------------------
+    def get(self, name: str) -> Instance:
+        return self.reconcile(self.store.get_instance(name))
+
+    def list(self) -> list[Instance]:
+        return [self.reconcile(i) for i in self.store.list_instances()]
+
+    def reconcile(self, inst: Instance) -> Instance:
+        """Fold what the driver knows (the process exited, how) into the stored record."""
+        if inst.state not in (S.RUNNING, S.PAUSED):
+            return inst
+        drv = self.driver(inst)
+        status = drv.exit_status(inst)
+        if status is None:
+            runtime_state = drv.status(inst)
+            if runtime_state == "paused" and inst.state != S.PAUSED:
+                return self.store.update_instance(inst.id, state=S.PAUSED.value)
+            if runtime_state != "stopped":
+                return inst
+            status = self._late_exit_status(drv, inst)
+        with self._lock:
+            fresh = self.store.get_instance(inst.id)
+            if fresh.state not in (S.RUNNING, S.PAUSED):
+                return fresh
+            updated = self.store.update_instance(
+                inst.id, state=S.STOPPED.value, exit_code=status.code if status else None,
+                exit_reason=status.reason if status else "unknown (exit not recorded)",
+                finished_at=status.finished_at if status else time.time(),
+            )
+        if updated.spec.get("auto_remove") and inst.id not in self._held:
+            self._remove(updated)
+        return updated
+
+    @staticmethod
+    def _late_exit_status(drv: InstanceDriver, inst: Instance) -> Any:
+        # the runtime sees the init gone a moment before the supervisor has written how it ended
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            status = drv.exit_status(inst)
+            if status is not None:
+                return status
+            time.sleep(0.01)
+        return None
+
+    # -- create / start -------------------------------------------------------------------------------
+    def create(self, req: dict[str, Any], start: bool = False) -> Instance:
+        spec = validate_create(req)
+        itype = req.get("type") or "container"
+        if itype not in self.drivers:
+            raise InvalidArgument(f"type: unknown instance type {itype!r} (known: {', '.join(self.drivers)})")
+        image = self.images.get(req["image"])   # NotFound with a clear message when missing
+        name = req.get("name") or self._unused_name()
+        inst = Instance(
+            id=secrets.token_hex(16), name=name, type=itype, state=S.CREATED.value, image=image.name,
+            spec=spec, created_at=time.time(),
+        )
+        self.store.add_instance(inst)               # AlreadyExists for a duplicate name, nothing made yet
+        drv = self.drivers[itype]
+        try:
+            drv.create(inst)
+        except BaseException:
+            self.store.delete_instance(inst.id)
+            raise
+        if start:
+            try:
+                return self.start(inst.name)
+            except VirtkitError:
+                if spec.get("auto_remove"):
+                    self._remove(self.store.get_instance(inst.id))
+                raise
+        return inst
+
+    def _unused_name(self) -> str:
+        for _ in range(50):
+            name = generate_name()
+            try:
+                self.store.get_instance(name)
+            except NotFound:
+                return name
+        return f"instance-{secrets.token_hex(4)}"
+
+    def start(self, name: str) -> Instance:
+        inst = self.get(name)
+        lifecycle.require(inst, "start")
+        pid = self.driver(inst).start(inst)
+        return self.store.update_instance(
+            inst.id, state=S.RUNNING.value, pid=pid, started_at=time.time(),
+            finished_at=None, exit_code=None, exit_reason=None,
+        )
+
+    # -- stop / kill / pause --------------------------------------------------------------------------
+    def stop(self, name: str, timeout: float = 10.0) -> Instance:
+        if timeout < 0:
+            raise InvalidArgument(f"timeout: must be >= 0 (got {timeout:g})")
+        inst = self.get(name)
+        lifecycle.require(inst, "stop")
+        self.driver(inst).stop(inst, timeout)
+        return self._settle(inst)
+
+    def _settle(self, inst: Instance) -> Instance:
+        """After a stop, record the exit (reconcile waits briefly for the supervisor's report)."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            cur = self.reconcile(self.store.get_instance(inst.id)) if not self._gone(inst) else inst
+            if cur.state == S.STOPPED or time.monotonic() > deadline:
+                return cur
+            time.sleep(0.01)
+
+    def _gone(self, inst: Instance) -> bool:
+        try:
+            self.store.get_instance(inst.id)
+            return False
+        except NotFound:
+            return True
+
+    def restart(self, name: str, timeout: float = 10.0) -> Instance:
+        inst = self.get(name)
+        lifecycle.require(inst, "restart")
+        if inst.state in (S.RUNNING, S.PAUSED):
+            self.stop(name, timeout)
+        return self.start(name)
+
+    def kill(self, name: str, sig: int = 9) -> Instance:
+        if not 1 <= sig <= 64:
+            raise InvalidArgument(f"signal: {sig} is not a valid signal number")
+        inst = self.get(name)
+        lifecycle.require(inst, "kill")
+        self.driver(inst).kill(inst, sig)
+        return self.get(name)
+
+    def pause(self, name: str) -> Instance:
+        inst = self.get(name)
+        lifecycle.require(inst, "pause")
+        self.driver(inst).pause(inst)
+        return self.store.update_instance(inst.id, state=S.PAUSED.value)
+
+    def resume(self, name: str) -> Instance:
+        inst = self.get(name)
+        lifecycle.require(inst, "resume")
+        self.driver(inst).resume(inst)
+        return self.store.update_instance(inst.id, state=S.RUNNING.value)
+
+    # -- remove ---------------------------------------------------------------------------------------
+    def remove(self, name: str, force: bool = False) -> None:
+        inst = self.get(name)
+        if force and inst.state in (S.RUNNING, S.PAUSED):
+            self.driver(inst).stop(inst, 0)
+            inst = self._settle(inst)
+        lifecycle.require(inst, "rm")
+        self._remove(inst)
+
+    def _remove(self, inst: Instance) -> None:
+        self.driver(inst).delete(inst)
+        self.store.delete_instance(inst.id)
+
+    # -- exec / stats / logs --------------------------------------------------------------------------
+    def exec_argv(self, name: str, command: list[str], tty: bool = False, env: list[str] | None = None,
+                  console_socket: str | None = None) -> list[str]:
+        if not command or not all(isinstance(c, str) for c in command):
+            raise InvalidArgument("command: exec needs a command (a list of strings)")
+        for e in env or []:
+            if not isinstance(e, str) or "=" not in e:
+                raise InvalidArgument(f"env: {e!r} is not NAME=VALUE")
+        inst = self.get(name)
+        lifecycle.require(inst, "exec")
+        return self.driver(inst).exec_argv(inst, command, tty=tty, env=env or [], console_socket=console_socket)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        inst = self.get(name)
+        lifecycle.require(inst, "stats")
+        return self.driver(inst).stats(inst)
+
+    def log_path(self, name: str) -> str:
+        inst = self.store.get_instance(name)
+        return self.driver(inst).log_path(inst)

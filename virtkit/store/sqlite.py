@@ -1,0 +1,100 @@
+"""SQLite-backed Store (SQLAlchemy Core, WAL journal): the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+from virtkit.core.errors import AlreadyExists, InvalidArgument, NotFound
+from virtkit.core.models import Instance
+from virtkit.store import migrations
+
+_COLUMNS = ("id", "name", "type", "state", "image", "spec", "pid", "created_at", "started_at",
+            "finished_at", "exit_code", "exit_reason")
+
+
+def _row_to_instance(row: Any) -> Instance:
+    data = dict(row._mapping)
+    data["spec"] = json.loads(data["spec"])
+    return Instance(**data)
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(self.engine, "connect")
+        def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        with self.engine.begin() as conn:
+            self._version = migrations.migrate(conn)
+
+    def schema_version(self) -> int:
+        return self._version
+
+    def add_instance(self, instance: Instance) -> None:
+        values = instance.to_dict()
+        values["spec"] = json.dumps(values["spec"])
+        cols = ", ".join(_COLUMNS)
+        params = ", ".join(f":{c}" for c in _COLUMNS)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"INSERT INTO instances ({cols}) VALUES ({params})"), values)
+        except SAIntegrityError as exc:
+            raise AlreadyExists(f"an instance named '{instance.name}' already exists") from exc
+
+    def get_instance(self, name_or_id: str) -> Instance:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM instances WHERE name = :n"), {"n": name_or_id}).first()
+            if row is None and len(name_or_id) >= 6:
+                rows = conn.execute(
+                    text("SELECT * FROM instances WHERE id LIKE :p"), {"p": name_or_id + "%"}
+                ).all()
+                if len(rows) == 1:
+                    row = rows[0]
+        if row is None:
+            raise NotFound(f"instance '{name_or_id}' not found")
+        return _row_to_instance(row)
+
+    def list_instances(self) -> list[Instance]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM instances ORDER BY created_at")).all()
+        return [_row_to_instance(r) for r in rows]
+
+    def update_instance(self, instance_id: str, **fields: Any) -> Instance:
+        unknown = set(fields) - set(_COLUMNS) - {"id"}
+        if unknown or "id" in fields:
+            raise InvalidArgument(f"cannot update instance fields: {sorted(unknown | ({'id'} & set(fields)))}")
+        if "spec" in fields:
+            fields["spec"] = json.dumps(fields["spec"])
+        assignments = ", ".join(f"{k} = :{k}" for k in fields)
+        with self.engine.begin() as conn:
+            if fields:
+                result = conn.execute(
+                    text(f"UPDATE instances SET {assignments} WHERE id = :_id"), {**fields, "_id": instance_id}
+                )
+                if result.rowcount == 0:
+                    raise NotFound(f"instance id '{instance_id}' not found")
+            row = conn.execute(text("SELECT * FROM instances WHERE id = :i"), {"i": instance_id}).first()
+        if row is None:
+            raise NotFound(f"instance id '{instance_id}' not found")
+        return _row_to_instance(row)
+
+    def delete_instance(self, instance_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM instances WHERE id = :i"), {"i": instance_id})
+
+    def close(self) -> None:
+        self.engine.dispose()
