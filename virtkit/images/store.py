@@ -1,0 +1,408 @@
+"""The content-addressed image store: an OCI image layout plus the shared, once-unpacked layer dirs.
+
+On disk, under the store root:
+  oci/            a real OCI image layout (oci-layout, index.json, blobs/sha256/<hex>)
+  layers/<hex>/   each layer unpacked once, by uncompressed diff_id, shared read-only as overlay lowerdirs
+  tmp/            temp files of atomic writes (same filesystem, so rename is atomic)
+  lock            flock()ed by every writer of index.json, and by garbage collection
+Blobs are verified against their digest on every read.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtkit.core.errors import IntegrityError, InvalidArgument, NotFound, SystemFailure
+
+from ._fsutil import atomic_write, clean_stale_temps, fsync_dir, new_temp_name
+
+__all__ = [
+    "MEDIA_CONFIG",
+    "MEDIA_INDEX",
+    "MEDIA_LAYER_GZIP",
+    "MEDIA_LAYER_TAR",
+    "MEDIA_MANIFEST",
+    "ImageInfo",
+    "ImageStore",
+    "normalize_name",
+]
+
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+
+_DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+                      r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+_CHUNK = 1 << 20
+# layers/<hex>.implicit-parents.json: parents the layer used without naming them (see unpack.py).
+_IMPLICIT_SUFFIX = ".implicit-parents.json"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str            # "busybox:latest"
+    digest: str          # manifest digest "sha256:..."
+    config: dict         # the OCI image config JSON (whole document)
+    layers: list[str]    # layer diff_ids, lowest first ("sha256:...")
+    size: int            # sum of compressed layer sizes
+    created: str         # RFC 3339
+
+
+def normalize_name(name: str) -> str:
+    """`NAME` -> `NAME:latest`; refuses names an OCI reference could not carry."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidArgument(f"name: {name!r} is not a valid image name "
+                              "(lowercase letters, digits, '._-' and '/', optional ':tag')")
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+def _canonical_json(doc: object) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _hex_of(digest: str) -> str:
+    m = _DIGEST_RE.match(digest) if isinstance(digest, str) else None
+    if m is None:
+        raise InvalidArgument(f"digest: {digest!r} is not a sha256 digest ('sha256:' + 64 hex digits)")
+    return m.group(1)
+
+
+def _now_rfc3339() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class ImageStore:
+    """Images by name, in an OCI layout under `root`; see the module docstring for the layout."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.oci = self.root / "oci"
+        self.blobs = self.oci / "blobs" / "sha256"
+        self.layers_dir = self.root / "layers"
+        self.tmp = self.root / "tmp"
+        self.cache = self.root / "cache"
+        self._lock_path = self.root / "lock"
+        try:
+            for d in (self.blobs, self.layers_dir, self.tmp):
+                d.mkdir(parents=True, exist_ok=True)
+            if not (self.oci / "oci-layout").exists():
+                atomic_write(self.oci / "oci-layout", _canonical_json({"imageLayoutVersion": "1.0.0"}), self.tmp)
+            if not (self.oci / "index.json").exists():
+                with self._locked():
+                    if not (self.oci / "index.json").exists():
+                        self._write_index([])
+        except OSError as exc:
+            raise SystemFailure(f"image store at {self.root}: cannot initialise: {exc}") from exc
+        # Leftovers of crashed writers/unpackers (their pid is gone) are never visible; drop them.
+        clean_stale_temps(self.tmp)
+        clean_stale_temps(self.layers_dir)
+
+    # -- queries ------------------------------------------------------------------------------------
+
+    def list(self) -> builtins.list[ImageInfo]:
+        out = []
+        for ref, desc in self._refs():
+            try:
+                out.append(self._info(ref, desc))
+            except NotFound:
+                continue  # removed between reading the index and its blobs
+        return sorted(out, key=lambda i: i.name)
+
+    def get(self, name: str) -> ImageInfo:
+        ref = normalize_name(name)
+        for r, desc in self._refs():
+            if r == ref:
+                return self._info(r, desc)
+        raise NotFound(f"image {name!r} not found")
+
+    def exists(self, name: str) -> bool:
+        ref = normalize_name(name)
+        return any(r == ref for r, _ in self._refs())
+
+    def read_blob(self, digest: str) -> bytes:
+        hexd = _hex_of(digest)
+        try:
+            data = (self.blobs / hexd).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found in the image store") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != hexd:
+            raise IntegrityError(f"blob {digest} is corrupt: its content hashes to sha256:{actual}")
+        return data
+
+    def verify_blob_file(self, digest: str) -> Path:
+        """Stream-verify a (possibly large) blob and return its path."""
+        hexd = _hex_of(digest)
+        path = self.blobs / hexd
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found in the image store") from None
+        if h.hexdigest() != hexd:
+            raise IntegrityError(f"blob {digest} is corrupt: its content hashes to sha256:{h.hexdigest()}")
+        return path
+
+    def manifest(self, name: str) -> dict:
+        """The verified OCI manifest of image `name`."""
+        return json.loads(self.read_blob(self.get(name).digest))
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def add_image(self, name: str, layer_tars: builtins.list[str | Path], config: dict) -> ImageInfo:
+        ref = normalize_name(name)
+        if not isinstance(config, dict):
+            raise InvalidArgument("config: must be a dict (an OCI image config document)")
+        if not isinstance(layer_tars, (list, tuple)):
+            raise InvalidArgument("layer_tars: must be a list of tar file paths, lowest first")
+        import tarfile  # only writers need it
+        for i, t in enumerate(layer_tars):
+            if not Path(t).is_file():
+                raise InvalidArgument(f"layer_tars[{i}]: {t} is not a file")
+            if not tarfile.is_tarfile(t):
+                raise InvalidArgument(f"layer_tars[{i}]: {t} is not an uncompressed tar archive")
+        # The whole add holds the lock so garbage collection never sees our blobs before the index does.
+        with self._locked():
+            layer_descs, diff_ids = [], []
+            for t in layer_tars:
+                desc, diff_id = self._put_layer(Path(t))
+                layer_descs.append(desc)
+                diff_ids.append(diff_id)
+            cfg = self._complete_config(config, diff_ids)
+            cfg_desc = self._put_blob(_canonical_json(cfg), MEDIA_CONFIG)
+            manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": cfg_desc,
+                        "layers": layer_descs}
+            man_desc = self._put_blob(_canonical_json(manifest), MEDIA_MANIFEST)
+            man_desc["annotations"] = {REF_ANNOTATION: ref}
+            man_desc["platform"] = {"architecture": cfg["architecture"], "os": cfg["os"]}
+            entries = [d for d in self._read_index() if self._ref_of(d) != ref]
+            entries.append(man_desc)
+            self._write_index(entries)
+            self._gc()
+        return self.get(ref)
+
+    def remove(self, name: str) -> None:
+        ref = normalize_name(name)
+        with self._locked():
+            entries = self._read_index()
+            kept = [d for d in entries if self._ref_of(d) != ref]
+            if len(kept) == len(entries):
+                raise NotFound(f"image {name!r} not found")
+            self._write_index(kept)
+            self._gc()
+
+    def layer_paths(self, name: str) -> builtins.list[Path]:
+        info = self.get(name)
+        manifest = json.loads(self.read_blob(info.digest))
+        descs = manifest.get("layers", [])
+        if len(descs) != len(info.layers):
+            raise IntegrityError(f"image {info.name}: manifest has {len(descs)} layers but config lists "
+                                 f"{len(info.layers)} diff_ids")
+        paths: builtins.list[Path] = []
+        for desc, diff_id in zip(descs, info.layers):
+            hexd = _hex_of(diff_id)
+            dest = self.layers_dir / hexd
+            sidecar = self.layers_dir / f"{hexd}{_IMPLICIT_SUFFIX}"
+            if dest.is_dir():
+                # Unpacked once, maybe over other lower layers: re-check the few paths this layer
+                # did not name itself against this image's lowers.
+                if paths and sidecar.exists():
+                    from .unpack import check_implicit_parents
+
+                    check_implicit_parents(json.loads(sidecar.read_bytes()), paths, diff_id)
+            else:
+                from .unpack import unpack_layer_report  # tarfile stays off the path of unpacked images
+
+                blob = self.verify_blob_file(desc["digest"])
+                tmp = self.layers_dir / new_temp_name()
+                implicit = unpack_layer_report(blob, tmp, paths)
+                try:
+                    if implicit:
+                        atomic_write(sidecar, json.dumps(implicit).encode(), self.tmp)
+                    os.rename(tmp, dest)
+                except OSError:
+                    # Another process unpacked the same layer first; theirs is identical.
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if not dest.is_dir():
+                        raise
+                else:
+                    fsync_dir(self.layers_dir)
+            paths.append(dest)
+        return paths
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> builtins.list[dict]:
+        try:
+            doc = json.loads((self.oci / "index.json").read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError as exc:
+            raise IntegrityError(f"image store {self.root}: index.json is not valid JSON: {exc}") from exc
+        return list(doc.get("manifests", []))
+
+    def _write_index(self, entries: builtins.list[dict]) -> None:
+        doc = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
+        atomic_write(self.oci / "index.json", json.dumps(doc, indent=2, sort_keys=True).encode(), self.tmp)
+
+    @staticmethod
+    def _ref_of(desc: dict) -> str | None:
+        ref = (desc.get("annotations") or {}).get(REF_ANNOTATION)
+        if not ref:
+            return None
+        try:
+            return normalize_name(ref)
+        except InvalidArgument:
+            return ref
+
+    def _refs(self) -> builtins.list[tuple[str, dict]]:
+        return [(r, d) for d in self._read_index() if (r := self._ref_of(d)) is not None]
+
+    def _info(self, ref: str, desc: dict) -> ImageInfo:
+        manifest = json.loads(self.read_blob(desc["digest"]))
+        config = json.loads(self.read_blob(manifest["config"]["digest"]))
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids", []))
+        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+        return ImageInfo(name=ref, digest=desc["digest"], config=config, layers=diff_ids, size=size,
+                         created=str(config.get("created", "")))
+
+    def _complete_config(self, config: dict, diff_ids: builtins.list[str]) -> dict:
+        cfg = json.loads(json.dumps(config))  # a deep copy that also proves it is JSON
+        cfg.setdefault("architecture", "amd64")
+        cfg.setdefault("os", "linux")
+        cfg.setdefault("config", {})
+        if not isinstance(cfg["config"], dict):
+            raise InvalidArgument("config.config: must be an object (Env, Cmd, Entrypoint, WorkingDir, User)")
+        created = cfg.setdefault("created", _now_rfc3339())
+        cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+        if "history" not in cfg:
+            cfg["history"] = [{"created": created, "created_by": "virtkit add_image"} for _ in diff_ids]
+        return cfg
+
+    def _put_blob(self, data: bytes, media_type: str) -> dict:
+        hexd = hashlib.sha256(data).hexdigest()
+        path = self.blobs / hexd
+        if not path.exists():
+            atomic_write(path, data, self.tmp)
+        return {"mediaType": media_type, "digest": f"sha256:{hexd}", "size": len(data)}
+
+    def _put_layer(self, tar_path: Path) -> tuple[dict, str]:
+        """Gzip a layer tar into the blob store; return its descriptor and its diff_id."""
+        import gzip
+
+        raw_hash = hashlib.sha256()
+        tmp = self.tmp / new_temp_name()
+        try:
+            with open(tar_path, "rb") as src, open(tmp, "wb") as out:
+                # mtime=0 and no file name keep the gzip bytes, and so the digest, reproducible.
+                with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=out, mtime=0) as gz:
+                    while chunk := src.read(_CHUNK):
+                        raw_hash.update(chunk)
+                        gz.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            gz_hash = hashlib.sha256()
+            with open(tmp, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    gz_hash.update(chunk)
+            size = tmp.stat().st_size
+            dest = self.blobs / gz_hash.hexdigest()
+            if dest.exists():
+                tmp.unlink()
+            else:
+                os.rename(tmp, dest)
+                fsync_dir(self.blobs)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        desc = {"mediaType": MEDIA_LAYER_GZIP, "digest": f"sha256:{gz_hash.hexdigest()}", "size": size}
+        return desc, f"sha256:{raw_hash.hexdigest()}"
+
+    def _gc(self) -> None:
+        """Drop blobs and unpacked layers no image references any more. Caller holds the lock."""
+        keep_blobs: set[str] = set()
+        keep_layers: set[str] = set()
+        for desc in self._read_index():
+            keep_blobs.add(_hex_of(desc["digest"]))
+            try:
+                manifest = json.loads(self.read_blob(desc["digest"]))
+                keep_blobs.add(_hex_of(manifest["config"]["digest"]))
+                keep_blobs.update(_hex_of(layer["digest"]) for layer in manifest.get("layers", []))
+                config = json.loads(self.read_blob(manifest["config"]["digest"]))
+                keep_layers.update(_hex_of(d) for d in config.get("rootfs", {}).get("diff_ids", []))
+            except (NotFound, IntegrityError, KeyError, ValueError):
+                # A damaged image must not make us delete what might still be its content.
+                return
+        for entry in os.scandir(self.blobs):
+            if entry.name not in keep_blobs and _DIGEST_RE.match("sha256:" + entry.name):
+                os.unlink(entry.path)
+        in_use = _overlay_lowerdirs()
+        for entry in os.scandir(self.layers_dir):
+            if entry.name.endswith(_IMPLICIT_SUFFIX):
+                if entry.name.removesuffix(_IMPLICIT_SUFFIX) not in keep_layers:
+                    os.unlink(entry.path)
+                continue
+            if entry.name in keep_layers or not _DIGEST_RE.match("sha256:" + entry.name):
+                continue
+            if os.path.realpath(entry.path) in in_use:
+                continue  # still a lowerdir of a mounted overlay; a later gc removes it
+            # Rename first so the layer vanishes atomically, then delete at leisure.
+            trash = self.layers_dir / new_temp_name()
+            os.rename(entry.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _overlay_lowerdirs() -> set[str]:
+    """Directories used as overlay lowerdirs by mounts visible to this process."""
+    dirs: set[str] = set()
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                if " - overlay " not in line:
+                    continue
+                for opt in line.rsplit(" ", 1)[-1].strip().split(","):
+                    key, _, value = opt.partition("=")
+                    if key == "lowerdir":
+                        paths = value.split(":")
+                    elif key in ("lowerdir+", "datadir+"):
+                        paths = [value]
+                    else:
+                        continue
+                    dirs.update(os.path.realpath(_unescape_mountinfo(p)) for p in paths if p)
+    except OSError:
+        pass
+    return dirs
+
+
+def _unescape_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
