@@ -1,0 +1,230 @@
+"""The CgroupManager interface and the file helpers both cgroup versions share."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+from virtkit.core.errors import InvalidArgument, InvalidState, SystemFailure
+
+# How often state is polled while waiting for the kernel (freeze, emptying before rmdir).
+POLL_INTERVAL = 0.005
+
+
+def normalize_path(path: str) -> str:
+    """Turn an OCI cgroupsPath into "/a/b"; relative paths count from the hierarchy root."""
+    if not isinstance(path, str) or not path.strip("/"):
+        raise InvalidArgument(f"linux.cgroupsPath: must name a cgroup below the root (got {path!r})")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    for part in parts:
+        if part == "..":
+            raise InvalidArgument(f"linux.cgroupsPath: must not contain '..' (got {path!r})")
+        if "\0" in part or ":" in part:
+            # ":" is how systemd-style paths ("slice:prefix:name") look; virtkit drives cgroupfs itself.
+            raise InvalidArgument(f"linux.cgroupsPath: invalid component {part!r} in {path!r}")
+    return "/" + "/".join(parts)
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
+
+
+def read_int(path: str) -> int | None:
+    """Read a one-number cgroup file; "max" (v2) means no limit and gives None, a missing file None."""
+    try:
+        value = read_text(path).strip()
+    except FileNotFoundError:
+        return None
+    if value in ("", "max"):
+        return None
+    return int(value)
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """Parse a flat-keyed file such as memory.events, cpu.stat or memory.oom_control."""
+    out: dict[str, int] = {}
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
+def write_file(path: str, value: str | int, *, field: str | None = None) -> None:
+    """Write one value into a cgroup control file.
+
+    No O_CREAT: a missing file means the controller is absent, which must not pass silently.
+    EINVAL on a user-supplied value (named by `field`) is the user's error, not the system's.
+    """
+    data = str(value).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SystemFailure(f"cgroup: cannot open {path}: {exc.strerror}") from exc
+    try:
+        os.write(fd, data)
+    except OSError as exc:
+        if field is not None and exc.errno in (errno.EINVAL, errno.ERANGE, errno.EBUSY):
+            raise InvalidArgument(f"{field}: the kernel refused {value!r} ({exc.strerror})") from exc
+        raise SystemFailure(f"cgroup: writing {value!r} to {path} failed: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def read_procs(directory: str) -> list[int]:
+    """Pids in cgroup.procs of `directory` and every cgroup below it."""
+    pids: list[int] = []
+    for dirpath, _dirs, _files in os.walk(directory):
+        try:
+            text = read_text(os.path.join(dirpath, "cgroup.procs"))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        pids.extend(int(x) for x in text.split())
+    return pids
+
+
+def rmdir_tree(directory: str) -> None:
+    """Remove a cgroup and any child cgroups made inside it (deepest first); absent is fine."""
+    if not os.path.isdir(directory):
+        return
+    for dirpath, _dirs, _files in os.walk(directory, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
+
+
+def remove_virtkit_parents(leaf: str, hierarchy_root: str, created: set[str]) -> None:
+    """Remove empty ancestors of `leaf` that virtkit made (created here, or named virtkit*).
+
+    A sibling container may be starting in the same parent at the same moment: EBUSY, ENOENT
+    and ENOTEMPTY just mean "someone else still uses it or already removed it".
+    """
+    parent = os.path.dirname(leaf)
+    root = os.path.normpath(hierarchy_root)
+    while parent.startswith(root + "/") and parent != root:
+        if parent not in created and not os.path.basename(parent).startswith("virtkit"):
+            return
+        try:
+            os.rmdir(parent)
+        except OSError as exc:
+            if exc.errno in (errno.EBUSY, errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                return
+            raise SystemFailure(f"cgroup: cannot remove {parent}: {exc.strerror}") from exc
+        parent = os.path.dirname(parent)
+
+
+class CgroupManager:
+    """One container's cgroup, in every hierarchy the host's cgroup version needs.
+
+    Subclasses (v1, v2) implement the hierarchy-specific parts; the lifecycle helpers
+    that only need pids() and signals live here.
+    """
+
+    version: int = 0
+
+    def __init__(self, path: str, root: str) -> None:
+        self.path = normalize_path(path)
+        self.root = os.path.normpath(root)
+        # Directories this manager made, so destroy() may remove parents it created.
+        self._created: set[str] = set()
+
+    # -- hierarchy-specific, implemented by subclasses --
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def apply(self, resources: dict | None) -> None:
+        raise NotImplementedError
+
+    def add_pid(self, pid: int) -> None:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        raise NotImplementedError
+
+    def thaw(self) -> None:
+        raise NotImplementedError
+
+    def is_frozen(self) -> bool:
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        raise NotImplementedError
+
+    def oom_killed(self) -> bool:
+        return bool(self.stats()["oom_kills"])
+
+    def exists(self) -> bool:
+        raise NotImplementedError
+
+    def v1_paths(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _rmdir_all(self) -> None:
+        raise NotImplementedError
+
+    # -- shared --
+    def _signal_each(self, sig: int) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill_all(self, sig: int) -> None:
+        """Signal every process; SIGKILL is sent while frozen so a forking process cannot escape."""
+        if sig == signal.SIGKILL and self._can_freeze():
+            self.freeze()
+            try:
+                self._signal_each(sig)
+            finally:
+                self.thaw()
+        else:
+            self._signal_each(sig)
+
+    def _can_freeze(self) -> bool:
+        return False
+
+    def wait_empty(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.pids():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Wait for the cgroup to empty (this kills nothing), then remove it everywhere."""
+        if not self.exists():
+            return
+        if not self.wait_empty(timeout):
+            raise InvalidState(
+                f"cgroup {self.path}: still has processes {sorted(self.pids())} after {timeout:g}s; "
+                "kill them first"
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._rmdir_all()
+                return
+            except OSError as exc:
+                # The kernel may report EBUSY for a moment after the last task left.
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    raise SystemFailure(f"cgroup {self.path}: cannot remove: {exc.strerror}") from exc
+                time.sleep(POLL_INTERVAL)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} v{self.version} {self.path} under {self.root}>"
