@@ -61,13 +61,6 @@ def test_validate_names_unknown_capability():
         caps.validate({"sideways": []})
 
 
-def test_normalize_cli_names():
-    assert caps.normalize("net_raw") == "CAP_NET_RAW"
-    assert caps.normalize("CAP_KILL") == "CAP_KILL"
-    with pytest.raises(InvalidArgument, match="NOPE"):
-        caps.normalize("NOPE")
-
-
 def _mask(names):
     return sum(1 << caps.CAPS[n] for n in names)
 

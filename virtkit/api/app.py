@@ -23,6 +23,15 @@ def create_app(ctx: Context) -> FastAPI:
     async def _virtkit_error(_req: Request, exc: VirtkitError) -> JSONResponse:
         return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        # a bug, not a user error: keep the traceback in the daemon's log, give the client the gist
+        import traceback
+
+        traceback.print_exception(exc)
+        return JSONResponse(status_code=500, content={"error": "internal",
+                                                      "message": f"internal error: {type(exc).__name__}: {exc}"})
+
     @app.get("/v1/info")
     def info() -> dict[str, Any]:
         return {"version": __version__, "home": ctx.home.root, "pid": os.getpid(),

@@ -5,16 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 
+from virtkit.core.capabilities import CAP_NAMES as _NAMES
 from virtkit.core.errors import InvalidArgument, SystemFailure
 
-_NAMES = (
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-)
 # Numbers as in include/uapi/linux/capability.h.
 CAPS: dict[str, int] = {f"CAP_{name}": number for number, name in enumerate(_NAMES)}
 
@@ -61,15 +54,6 @@ def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
     if res != 0:
         err = ctypes.get_errno()
         raise SystemFailure(f"capabilities: prctl({option}, {arg2}) failed: {os.strerror(err)}")
-
-
-def normalize(name: str) -> str:
-    """"net_raw" or "NET_RAW" -> "CAP_NET_RAW" (for CLI flags); unknown names raise InvalidArgument."""
-    upper = name.strip().upper()
-    full = upper if upper.startswith("CAP_") else "CAP_" + upper
-    if full not in CAPS:
-        raise InvalidArgument(f"capability: unknown capability {name!r}")
-    return full
 
 
 def last_cap() -> int:
