@@ -23,14 +23,15 @@ def test_memory_over_limit_is_oom_killed(vk_home, client, name):
 
 
 def test_fork_bomb_stops_at_pids_limit(vk_home, client, name):
-    r = vk(vk_home, "run", "--rm", "--pids", "16", "busybox", "--", "sh", "-c",
-           "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>/tmp/err; "
-           "echo running=$(ls /proc | grep -c '^[0-9]'); grep -c -i fork /tmp/err >/dev/null && echo fork-failed; "
-           "kill $(jobs -p) 2>/dev/null; exit 0", timeout=90)
+    # once the limit is hit nothing in the container can fork: report with shell builtins only
+    script = ("( while true; do sleep 30 & done ) 2>/tmp/err; "
+              "while read -r l; do echo \"ERR $l\"; done </tmp/err; "
+              "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo running=$n; kill -9 -1; echo done")
+    r = vk(vk_home, "run", "--rm", "--pids", "16", "busybox", "--", "sh", "-c", script, timeout=90)
     out = r.stdout.decode()
-    assert "fork-failed" in out, (out, r.stderr)
+    assert "can't fork" in out and "done" in out, (out, r.stderr)
     running = int(out.split("running=")[1].split()[0])
-    assert running <= 16
+    assert 10 <= running <= 16
 
 
 def test_cpu_quota_limits_usage(vk_home, client, name):
@@ -52,7 +53,7 @@ def _sh(vk_home: str, script: str, *flags: str) -> str:
 
 def test_default_privileges_are_dropped(vk_home, client):
     out = _sh(vk_home, "mount -t tmpfs none /mnt && echo MOUNTED; "
-                       "date -s 2001-01-01 >/dev/null 2>&1 && echo CLOCK-SET; "
+                       "date -s 2001-01-01 2>&1 | grep -q 'not permitted' || echo CLOCK-SET; "
                        "mknod /tmp/sda b 8 0 && echo MKNOD; "
                        "ping -c1 -W1 127.0.0.1 >/dev/null 2>&1 && echo PING; "
                        "grep -E '^Cap(Inh|Eff)' /proc/self/status")

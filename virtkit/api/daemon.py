@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import socket
 import sys
 import threading
 import time
@@ -17,6 +18,22 @@ def _reconcile_loop(ctx: object, stop: threading.Event) -> None:
             ctx.instances.list()  # type: ignore[attr-defined]
         except Exception as exc:  # keep the loop alive; the next round retries
             print(f"virtkitd: reconcile failed: {exc}", file=sys.stderr, flush=True)
+
+
+def _bind_private(path: str) -> socket.socket:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o177)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,14 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(home)
     ensure_running(home.run_dir, home.runtime_root, os.path.join(home.root, "supervisor.log"))
     app = create_app(ctx)
-    try:
-        os.unlink(home.socket)
-    except FileNotFoundError:
-        pass
-    config = uvicorn.Config(app, uds=home.socket, log_level="warning", access_log=False, lifespan="off")
+    # bound here, not by uvicorn, which would chmod a socket it binds to 0666: only root may talk to virtkitd
+    sock = _bind_private(home.socket)
+    config = uvicorn.Config(app, fd=sock.fileno(), log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     ctx.shutdown_hook = lambda: setattr(server, "should_exit", True)
-    os.umask(0o077)  # the socket is created 0600: only root talks to virtkitd
     with open(os.path.join(home.run_dir, "virtkitd.pid"), "w") as f:
         f.write(str(os.getpid()))
     stop = threading.Event()

@@ -1,0 +1,318 @@
+"""The container's side of create and exec: stage 1 (namespaces), stage 2 (PID 1: rootfs, then exec).
+
+Everything stage 2 needs after pivot_root must be imported before it: the host's Python library is not
+visible from inside the container. Errors before "ready" travel to the runtime over the sync socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
+    from typing import Any, NoReturn
+
+from virtkit.container import caps as capsmod
+from virtkit.container import console, hooks, rootfs
+from virtkit.container import namespaces as ns
+from virtkit.container import syscalls as sc
+from virtkit.core.errors import SystemFailure, VirtkitError
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+def send(ch: socket.socket, msg: dict[str, Any]) -> None:
+    ch.send(json.dumps(msg).encode())
+
+
+def recv(ch: socket.socket) -> dict[str, Any] | None:
+    data = ch.recv(1 << 16)
+    return json.loads(data) if data else None
+
+
+def _fail(ch: socket.socket | None, exc: BaseException) -> NoReturn:
+    msg = exc.message if isinstance(exc, VirtkitError) else f"{type(exc).__name__}: {exc}"
+    kind = type(exc).__name__ if isinstance(exc, VirtkitError) else "SystemFailure"
+    try:
+        if ch is None:
+            raise OSError
+        send(ch, {"type": "error", "message": msg, "kind": kind})
+    except OSError:
+        try:
+            os.write(2, f"virtkit-runtime: {msg}\n".encode())
+        except OSError:
+            pass
+    os._exit(1)
+
+
+def _expect_ok(ch: socket.socket) -> None:
+    msg = recv(ch)
+    if not msg or msg.get("type") != "ok":
+        raise SystemFailure("runtime went away during create")
+
+
+def preload(spec: dict) -> None:
+    """Import what runs after pivot_root/setns now, while the host's library is still reachable."""
+    if spec.get("linux", {}).get("seccomp"):
+        from virtkit.container import seccomp
+
+        seccomp._lib()
+    if (spec.get("hooks") or {}).get("startContainer"):
+        import subprocess  # noqa: F401
+
+
+def stage1(ch: socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
+    """In the runtime's namespaces: join the cgroup, make/join namespaces, fork PID 1, report it."""
+    try:
+        if opts.get("stdio"):
+            for i, fd in enumerate(opts["stdio"]):
+                os.dup2(fd, i)
+        opts["cgroup"].add_pid(os.getpid())
+        flags, joins = opts["ns_flags"], opts["ns_join"]
+        user_join = [j for j in joins if j[0] == "user"]
+        ns.join(user_join)
+        if flags & sc.CLONE_NEWUSER:
+            sc.unshare(sc.CLONE_NEWUSER)
+            send(ch, {"type": "userns"})
+            _expect_ok(ch)
+        if flags & sc.CLONE_NEWUSER or user_join:
+            _become_ns_root()
+        ns.join([j for j in joins if j[0] != "user"])
+        sc.unshare(flags & ~sc.CLONE_NEWUSER)
+        pid = os.fork()
+        if pid == 0:
+            stage2(ch, spec, opts)
+        send(ch, {"type": "pid", "pid": pid})
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the runtime
+        _fail(ch, exc)
+    os._exit(0)
+
+
+def _become_ns_root() -> None:
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError:
+        pass  # no mapping for 0: stay as we are, the container's user switch decides later
+
+
+def _loopback_up() -> None:
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def stage2(ch: socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
+    """PID 1 of the container: build its world, say ready, wait for start, then exec the process."""
+    proc = spec["process"]
+    linux = spec.get("linux", {})
+    flags = opts["ns_flags"]
+    joined = {t for t, _ in opts["ns_join"]}
+    try:
+        os.setsid()
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        os.umask(0)
+        preload(spec)
+        if flags & sc.CLONE_NEWNET:
+            _loopback_up()
+        ctx = {"userns": bool(flags & sc.CLONE_NEWUSER) or "user" in joined,
+               "netns": bool(flags & sc.CLONE_NEWNET) or "network" in joined,
+               "cgroupns": bool(flags & sc.CLONE_NEWCGROUP)}
+        root = spec["root"]["path"]
+        if flags & sc.CLONE_NEWNS:
+            rootfs.setup_root(spec, root)
+            rootfs.mount_all(spec, root, opts["bundle"], ctx)
+        hk = spec.get("hooks") or {}
+        if hk.get("prestart") or hk.get("createRuntime"):
+            send(ch, {"type": "hooks"})
+            _expect_ok(ch)
+        hooks.run_hooks(hk.get("createContainer"), opts["hook_state"] | {"pid": os.getpid()}, "createContainer")
+        csock = console.connect(opts["console_socket"]) if proc.get("terminal") and opts["console_socket"] else None
+        if proc.get("terminal") and csock is None:
+            raise SystemFailure("process.terminal is set but no --console-socket was given")
+        if flags & sc.CLONE_NEWNS:
+            rootfs.pivot(root, opts["no_pivot"])
+        else:
+            os.chroot(root)
+            os.chdir("/")
+        if spec.get("hostname"):
+            sc.sethostname(spec["hostname"])
+        if spec.get("domainname"):
+            sc.setdomainname(spec["domainname"])
+        if flags & sc.CLONE_NEWNS:
+            rootfs.finalize(spec)
+        set_rlimits(proc)
+        if csock is not None:
+            master, slave, name = console.open_pty(proc.get("consoleSize"))
+            console.send_master(csock, master, name)
+            os.close(master)
+            csock.close()
+            console.become_tty(slave)
+        env = _env(proc)
+        if lookup(proc["args"][0], env) is None:
+            raise SystemFailure(f"exec: {proc['args'][0]!r}: executable file not found in $PATH")
+        send(ch, {"type": "ready"})
+        ch.close()
+    except BaseException as exc:  # noqa: BLE001
+        _fail(ch, exc)
+    try:
+        # blocks until `start` opens the fifo for reading (runc's exec.fifo)
+        fd = os.open(sc.fd_path(opts["fifo_fd"]), os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, b"0")
+        os.close(fd)
+        os.close(opts["fifo_fd"])
+        hooks.run_hooks(hk.get("startContainer"), opts["hook_state"] | {"pid": os.getpid(), "status": "running"},
+                        "startContainer")
+        finish(proc, linux, opts["preserve_fds"], env)
+    except BaseException as exc:  # noqa: BLE001
+        _fail(None, exc)
+
+
+def _env(proc: dict) -> dict[str, str]:
+    env = dict(e.split("=", 1) for e in proc.get("env") or [])
+    env.setdefault("HOME", "/root" if proc.get("user", {}).get("uid", 0) == 0 else "/")
+    return env
+
+
+def lookup(cmd: str, env: dict[str, str]) -> str | None:
+    """The file execvpe would run, looked up inside the container's filesystem."""
+    if "/" in cmd:
+        return cmd if os.access(cmd, os.X_OK) else None
+    for d in env.get("PATH", os.defpath).split(":"):
+        p = os.path.join(d or ".", cmd)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def set_rlimits(proc: dict) -> None:
+    for r in proc.get("rlimits") or []:
+        what = getattr(resource, r["type"])
+        try:
+            resource.setrlimit(what, (r["soft"], r["hard"]))
+        except (OSError, ValueError) as exc:
+            raise SystemFailure(f"process.rlimits {r['type']}: {exc}") from exc
+
+
+def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> NoReturn:
+    """Process attributes in the order the kernel needs them, then execvpe; never returns."""
+    user = proc.get("user") or {}
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    os.umask(user.get("umask", 0o022))
+    cwd = proc.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise SystemFailure(f"process.cwd {cwd!r}: {exc.strerror}") from exc
+    profile = linux.get("seccomp")
+    # Without no_new_privs the kernel only lets a process holding CAP_SYS_ADMIN install a filter, so it goes in
+    # now, before privileges drop (runc's order); every call made after this is on the default allowlist.
+    early_seccomp = bool(profile) and not proc.get("noNewPrivileges")
+    if early_seccomp:
+        from virtkit.container import seccomp
+
+        seccomp.load(profile)
+    caps = proc.get("capabilities") or {}
+    capsmod.drop_bounding(caps)
+    sc.prctl(sc.PR_SET_KEEPCAPS, 1)
+    groups = list(user.get("additionalGids") or [])
+    try:
+        os.setgroups(groups)
+    except OSError as exc:
+        if groups:
+            raise SystemFailure(f"process.user.additionalGids: setgroups: {exc.strerror}") from exc
+    sc.setresgid(gid, gid, gid)
+    sc.setresuid(uid, uid, uid)
+    capsmod.apply(caps)
+    if proc.get("noNewPrivileges"):
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    for sig in range(1, signal.NSIG):
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for fd in range(3, 3 + preserve_fds):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+    # CVE-2024-21626: no host fd may reach the container process
+    os.closerange(3 + preserve_fds, 1 << 20)
+    if profile and not early_seccomp:
+        from virtkit.container import seccomp
+
+        seccomp.load(profile)
+    try:
+        os.execvpe(proc["args"][0], proc["args"], env)
+    except OSError as exc:
+        raise SystemFailure(f"exec {proc['args'][0]!r}: {exc.strerror}") from exc
+
+
+def exec_child(ch: socket.socket, pid: int, proc: dict, linux: dict, opts: dict[str, Any]) -> NoReturn:
+    """Join the container (cgroup, namespaces), fork into its pid namespace, run `proc` there."""
+    try:
+        if opts.get("stdio"):
+            for i, fd in enumerate(opts["stdio"]):
+                os.dup2(fd, i)
+        if opts.get("cgroup") is not None:
+            opts["cgroup"].add_pid(os.getpid())
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        preload({"linux": linux})
+        csock = console.connect(opts["console_socket"]) if proc.get("terminal") else None
+        if proc.get("terminal") and csock is None:
+            raise SystemFailure("a terminal needs --console-socket")
+        fds = []
+        for typ in ns.PROC_NAMES:
+            if ns.host_differs(pid, typ):
+                fds.append((typ, os.open(f"/proc/{pid}/ns/{ns.PROC_NAMES[typ]}", os.O_RDONLY | os.O_CLOEXEC)))
+        root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        ns.join(fds)
+        if not any(t == "mount" for t, _ in fds):
+            os.fchdir(root_fd)
+            os.chroot(".")
+        os.close(root_fd)
+        child = os.fork()
+        if child == 0:
+            if proc.get("terminal"):
+                os.setsid()
+            set_rlimits(proc)
+            env = _env(proc)
+            if csock is not None:
+                master, slave, name = console.open_pty(proc.get("consoleSize"))
+                console.send_master(csock, master, name)
+                os.close(master)
+                csock.close()
+                console.become_tty(slave)
+            if lookup(proc["args"][0], env) is None:
+                raise SystemFailure(f"exec: {proc['args'][0]!r}: executable file not found in $PATH")
+            send(ch, {"type": "ready"})
+            ch.close()
+            finish(proc, linux, opts["preserve_fds"], env)
+        send(ch, {"type": "pid", "pid": child})
+        if csock is not None:
+            csock.close()
+    except BaseException as exc:  # noqa: BLE001
+        _fail(ch, exc)
+    ch.close()
+    if opts["detach"]:
+        os._exit(0)
+    for fd in (0, 1, 2):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _, status = os.waitpid(child, 0)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+

@@ -1,0 +1,420 @@
+"""The OCI runtime's operations (create, start, state, kill, delete, run, exec, ...) as a library.
+
+The `virtkit-runtime` command and the virtkit supervisor both drive this class. Process model as runc's:
+create forks stage 1, which makes the namespaces and forks stage 2 (the container's PID 1) and exits;
+stage 2 reports "ready" over a sync socket and blocks on <root>/<id>/exec.fifo until `start` opens it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import select
+import signal
+import socket
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
+    from collections.abc import Callable
+    from typing import Any
+
+from virtkit.container import state as st
+from virtkit.core import errors as E
+
+DEFAULT_ROOT = "/run/virtkit-runtime"
+OCI_VERSION = "1.2.0"
+
+
+def _cgroup(path: str) -> Any:
+    from virtkit.container.cgroups import manager_for
+
+    return manager_for(path)
+
+
+def _exit_code(status: int) -> int:
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _set_subreaper() -> None:
+    from virtkit.container import syscalls as sc
+
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _raise_child_error(msg: dict[str, Any]) -> None:
+    cls = getattr(E, msg.get("kind", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, E.VirtkitError)):
+        cls = E.SystemFailure
+    raise cls(msg.get("message", "container setup failed"))
+
+
+class Runtime:
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    # -- records --
+    def _dir(self, container_id: str) -> st.StateDir:
+        return st.StateDir(self.root, container_id)
+
+    def _load(self, container_id: str) -> tuple[st.StateDir, dict[str, Any], str]:
+        d = self._dir(container_id)
+        rec = d.load()
+        status = st.live_status(rec, d.fifo)
+        if status in ("created", "running") and rec.get("cgroup"):
+            try:
+                if _cgroup(rec["cgroup"]).is_frozen():
+                    status = "paused"
+            except (E.VirtkitError, OSError):
+                pass
+        return d, rec, status
+
+    def state(self, container_id: str) -> dict:
+        _, rec, status = self._load(container_id)
+        return st.oci_state(rec, status)
+
+    def list(self) -> list[dict]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            try:
+                out.append(self.state(name))
+            except E.VirtkitError:
+                continue
+        return out
+
+    # -- create --
+    def create(self, container_id: str, bundle: str, *, pid_file: str | None = None,
+               console_socket: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
+               stdio: tuple[int, int, int] | None = None) -> dict:
+        from virtkit.container import spec as specmod
+
+        st.check_id(container_id)
+        if not isinstance(preserve_fds, int) or preserve_fds < 0:
+            raise E.InvalidArgument(f"preserve-fds: must be a non-negative integer (got {preserve_fds!r})")
+        bundle = os.path.abspath(bundle)
+        spec = specmod.load_bundle(bundle)
+        d = self._dir(container_id)
+        d.make()
+        undo: builtins.list[Callable[[], None]] = [d.remove]
+        try:
+            return self._create(d, spec, bundle, undo, pid_file=pid_file, console_socket=console_socket,
+                                no_pivot=no_pivot, preserve_fds=preserve_fds, stdio=stdio)
+        except BaseException:
+            for fn in reversed(undo):
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - keep undoing; the first error is what the user needs
+                    pass
+            raise
+
+    def _create(self, d: st.StateDir, spec: dict, bundle: str, undo: builtins.list[Callable[[], None]], *,
+                pid_file: str | None, console_socket: str | None, no_pivot: bool, preserve_fds: int,
+                stdio: tuple[int, int, int] | None) -> dict:
+        from virtkit.container import hooks
+        from virtkit.container import init as initmod
+        from virtkit.container import namespaces as ns
+
+        linux = spec.get("linux") or {}
+        cg_path = linux.get("cgroupsPath") or f"/virtkit/{d.id}"
+        cg = _cgroup(cg_path)
+        cg.create()
+        undo.append(lambda: _kill_and_destroy(cg))
+        cg.apply(_resources(linux.get("resources")))
+        os.mkfifo(d.fifo, 0o622)
+        # the umask took group/other write away; the container's root (maybe a mapped uid) must open it
+        os.chmod(d.fifo, 0o622)
+        rec: dict[str, Any] = {
+            "ociVersion": spec.get("ociVersion", OCI_VERSION), "id": d.id, "status": "creating", "pid": 0,
+            "bundle": bundle, "rootfs": spec["root"]["path"], "annotations": spec.get("annotations") or {},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
+            "cgroup": cg_path, "spec": spec,
+        }
+        d.save(rec)
+        hook_state = st.oci_state(rec, "creating")
+        fifo_fd = os.open(d.fifo, os.O_PATH | os.O_CLOEXEC)
+        flags, joins = ns.plan(spec)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        opts = {"stdio": stdio, "cgroup": cg, "ns_flags": flags, "ns_join": joins, "bundle": bundle,
+                "console_socket": console_socket, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
+                "fifo_fd": fifo_fd, "hook_state": hook_state}
+        try:
+            s1 = os.fork()
+            if s1 == 0:
+                parent.close()
+                initmod.stage1(child, spec, opts)
+        finally:
+            child.close()
+            os.close(fifo_fd)
+            for _, fd in joins:
+                os.close(fd)
+        s1_reaped = False
+        s2 = 0
+
+        def reap_s1() -> None:
+            nonlocal s1_reaped
+            if not s1_reaped:
+                s1_reaped = True
+                try:
+                    os.waitpid(s1, 0)
+                except ChildProcessError:
+                    pass
+
+        def kill_s2() -> None:
+            reap_s1()
+            if s2:
+                try:
+                    os.kill(s2, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _wait_gone(s2, st.proc_start_time(s2))
+
+        undo.append(kill_s2)
+        ready = False
+        with parent:
+            while not (ready and s2):
+                msg = initmod.recv(parent)
+                if msg is None:
+                    reap_s1()
+                    raise E.SystemFailure(f"container {d.id!r}: init exited during setup")
+                kind = msg["type"]
+                if kind == "userns":
+                    ns.write_id_maps(s1, linux)
+                    initmod.send(parent, {"type": "ok"})
+                elif kind == "pid":
+                    s2 = msg["pid"]
+                    reap_s1()
+                elif kind == "hooks":
+                    hs = hook_state | {"pid": s2}
+                    hk = spec.get("hooks") or {}
+                    hooks.run_hooks(hk.get("prestart"), hs, "prestart")
+                    hooks.run_hooks(hk.get("createRuntime"), hs, "createRuntime")
+                    initmod.send(parent, {"type": "ok"})
+                elif kind == "ready":
+                    ready = True
+                elif kind == "error":
+                    _raise_child_error(msg)
+        rec.update(status="created", pid=s2, start_time=st.proc_start_time(s2))
+        d.save(rec)
+        if pid_file:
+            _write_pid_file(pid_file, s2)
+        return st.oci_state(rec, "created")
+
+    # -- start / kill / delete --
+    def start(self, container_id: str) -> None:
+        from virtkit.container import hooks
+
+        d, rec, status = self._load(container_id)
+        if status != "created":
+            raise E.InvalidState(f"container {container_id!r} is {status}, not created")
+        try:
+            fd = os.open(d.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise E.InvalidState(f"container {container_id!r} was already started") from None
+        try:
+            data = b""
+            deadline = time.monotonic() + 10
+            while not data:
+                left = deadline - time.monotonic()
+                if left <= 0 or st.proc_start_time(rec["pid"]) is None:
+                    raise E.SystemFailure(f"container {container_id!r}: init did not take the start signal")
+                select.select([fd], [], [], min(left, 0.1))
+                try:
+                    data = os.read(fd, 1)
+                except BlockingIOError:
+                    continue
+        finally:
+            os.close(fd)
+        os.unlink(d.fifo)
+        hooks.run_hooks((rec["spec"].get("hooks") or {}).get("poststart"),
+                        st.oci_state(rec, "running"), "poststart", warn_only=True)
+
+    def kill(self, container_id: str, sig: int = 15, all: bool = False) -> None:
+        _, rec, status = self._load(container_id)
+        if status == "stopped" or (status == "creating"):
+            raise E.InvalidState(f"container {container_id!r} is not running")
+        if all:
+            _cgroup(rec["cgroup"]).kill_all(sig)
+            return
+        try:
+            os.kill(rec["pid"], sig)
+        except ProcessLookupError:
+            raise E.InvalidState(f"container {container_id!r} is not running") from None
+
+    def delete(self, container_id: str, force: bool = False) -> None:
+        from virtkit.container import hooks
+
+        d, rec, status = self._load(container_id)
+        if status in ("running", "paused") and not force:
+            raise E.InvalidState(f"container {container_id!r} is {status}: stop it or use force")
+        cg = _cgroup(rec["cgroup"])
+        if status != "stopped":
+            pid = rec["pid"]
+            if status == "paused":
+                cg.thaw()
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_gone(pid, rec.get("start_time"), reap=rec.get("execs") or [])
+        _kill_and_destroy(cg)
+        d.remove()
+        hooks.run_hooks((rec["spec"].get("hooks") or {}).get("poststop"),
+                        st.oci_state(rec, "stopped"), "poststop", warn_only=True)
+
+    def run(self, container_id: str, bundle: str, **kw: Any) -> int:
+        """create + start + wait + delete; this process becomes a subreaper to wait for the init."""
+        _set_subreaper()
+        state = self.create(container_id, bundle, **kw)
+        try:
+            self.start(container_id)
+            while True:
+                try:
+                    _, status = os.waitpid(state["pid"], 0)
+                    break
+                except InterruptedError:
+                    continue
+                except ChildProcessError:
+                    _wait_gone(state["pid"], None)
+                    status = 0
+                    break
+            return _exit_code(status)
+        finally:
+            self.delete(container_id, force=True)
+
+    # -- exec / ps / pause --
+    def exec(self, container_id: str, process: dict, *, detach: bool = False, pid_file: str | None = None,
+             console_socket: str | None = None, stdio: tuple[int, int, int] | None = None,
+             preserve_fds: int = 0) -> int:
+        from virtkit.container import init as initmod
+        from virtkit.container import spec as specmod
+
+        _, rec, cur = self._load(container_id)
+        if cur not in ("created", "running"):
+            raise E.InvalidState(f"container {container_id!r} is not running")
+        proc = dict(rec["spec"]["process"])
+        proc.pop("terminal", None)
+        proc.pop("consoleSize", None)
+        proc.update(process)
+        specmod.validate_process(proc)
+        cg = _cgroup(rec["cgroup"])
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        opts = {"stdio": stdio, "cgroup": cg, "console_socket": console_socket, "detach": detach,
+                "preserve_fds": preserve_fds}
+        try:
+            mid = os.fork()
+            if mid == 0:
+                parent.close()
+                initmod.exec_child(child, rec["pid"], proc, rec["spec"].get("linux") or {}, opts)
+        finally:
+            child.close()
+        gpid = 0
+        ready = False
+        try:
+            with parent:
+                while not (gpid and ready):
+                    msg = initmod.recv(parent)
+                    if msg is None:
+                        raise E.SystemFailure(f"exec in {container_id!r}: setup process exited")
+                    if msg["type"] == "pid":
+                        gpid = msg["pid"]
+                    elif msg["type"] == "ready":
+                        ready = True
+                    elif msg["type"] == "error":
+                        _raise_child_error(msg)
+        except BaseException:
+            if gpid:
+                try:
+                    os.kill(gpid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.waitpid(mid, 0)
+            raise
+        if pid_file:
+            _write_pid_file(pid_file, gpid)
+        if detach:
+            os.waitpid(mid, 0)
+            # the pid namespace's init cannot finish dying while a zombie of it waits on us (when we are
+            # the subreaper): delete reaps these
+            rec.setdefault("execs", []).append(gpid)
+            self._dir(container_id).save(rec)
+            return gpid
+        while True:
+            try:
+                _, status = os.waitpid(mid, 0)
+                return _exit_code(status)
+            except InterruptedError:
+                continue
+
+    def ps(self, container_id: str) -> builtins.list[int]:
+        _, rec, status = self._load(container_id)
+        if status == "stopped":
+            return []
+        return sorted(_cgroup(rec["cgroup"]).pids())
+
+    def pause(self, container_id: str) -> None:
+        _, rec, status = self._load(container_id)
+        if status not in ("running", "created"):
+            raise E.InvalidState(f"container {container_id!r} is {status}, cannot pause")
+        _cgroup(rec["cgroup"]).freeze()
+
+    def resume(self, container_id: str) -> None:
+        _, rec, status = self._load(container_id)
+        if status != "paused":
+            raise E.InvalidState(f"container {container_id!r} is {status}, not paused")
+        _cgroup(rec["cgroup"]).thaw()
+
+
+def _resources(res: dict | None) -> dict | None:
+    """Drop leading "deny all" device rules (what `runc spec` and podman write first).
+
+    virtkit's cgroup code always starts with deny-all plus the default allow set; the user's rules
+    come after, so a user's leading deny-all would wipe the defaults (runc puts its defaults last).
+    """
+    if not res or not isinstance(res.get("devices"), list):
+        return res
+    rules = list(res["devices"])
+    while rules and isinstance(rules[0], dict) and rules[0].get("allow") is False \
+            and rules[0].get("type", "a") == "a" and rules[0].get("major") is None \
+            and rules[0].get("minor") is None and rules[0].get("access", "rwm") == "rwm":
+        rules.pop(0)
+    return {**res, "devices": rules}
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _wait_gone(pid: int, start_time: int | None, timeout: float = 10.0, reap: tuple[int, ...] | list[int] = ()) -> None:
+    """Wait until pid has exited (reaping it if it is our child); PID reuse is told by start time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for other in reap:
+            try:
+                os.waitpid(other, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        now = st.proc_start_time(pid)
+        if now is None or (start_time is not None and now != start_time):
+            return
+        time.sleep(0.002)
+    raise E.SystemFailure(f"process {pid} did not exit within {timeout:g}s")
+
+
+def _kill_and_destroy(cg: Any) -> None:
+    if cg.exists():
+        import signal as _s
+
+        cg.kill_all(_s.SIGKILL)
+        cg.destroy()
