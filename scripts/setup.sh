@@ -25,7 +25,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING: Location' || true
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip-install.log 2>&1 || {
+    cat .venv/pip-install.log >&2; echo "setup.sh: pip install failed" >&2; exit 1; }
 .venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp' || {
     echo "setup.sh: the Python packages did not install" >&2; exit 1; }
 
