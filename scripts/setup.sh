@@ -25,10 +25,13 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip-install.log 2>&1 || {
+.venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' >.venv/pip-install.log 2>&1 || {
     cat .venv/pip-install.log >&2; echo "setup.sh: pip install failed" >&2; exit 1; }
 .venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp' || {
     echo "setup.sh: the Python packages did not install" >&2; exit 1; }
+
+# bytecode ahead of time: every virtkit command starts faster, also where PYTHONDONTWRITEBYTECODE is set
+.venv/bin/python -m compileall -q virtkit >/dev/null
 
 case "${1:-}" in
     demo) exec bash scripts/demo.sh ;;

@@ -41,12 +41,12 @@ def _alive(pid: int | None) -> bool:
 
 def teardown_home(home: str) -> list[str]:
     """Remove every instance, stop daemon and supervisor, delete the home; return what was left behind."""
-    from virtkit.client import Client
+    from virtkit.client import connect
     from virtkit.config import Home
 
     h = Home.from_env(home)
-    client = Client(h.socket, home=home)
-    if client.ping():
+    client = connect(home)           # starts a daemon if a test killed it: its instances must go too
+    if os.path.exists(h.db):
         for inst in client.instances():
             try:
                 client.remove(inst["name"], force=True)

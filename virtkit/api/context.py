@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal as signal_mod
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -88,16 +87,15 @@ class Context:
         path = svc.log_path(inst.id)
         if not held:
             svc.hold(inst.id)
+        watch = svc.watch(inst.id)
         try:
             try:
                 f = open(path, "rb")
             except FileNotFoundError:
                 f = None
-            delay = 0.002
             while True:
                 chunk = f.read(65536) if f else b""
                 if chunk:
-                    delay = 0.002
                     yield _frame(FRAME_OUTPUT, chunk) if framed else chunk
                     continue
                 if not follow:
@@ -117,11 +115,12 @@ class Context:
                     break
                 if f is None and os.path.exists(path):
                     f = open(path, "rb")
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                # woken by new output or the recorded exit; the timeout covers exits nobody writes down
+                watch.wait(0.25)
             if f:
                 f.close()
         finally:
+            watch.close()
             svc.release(inst.id)
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from virtkit.client.transport import Transport, path_of
 from virtkit.core.errors import DaemonUnavailable
@@ -18,8 +16,7 @@ FRAME_OUTPUT = 1
 FRAME_EXIT = 3
 
 
-@dataclass
-class ExecResult:
+class ExecResult(NamedTuple):
     exit_code: int
     stdout: bytes
     stderr: bytes
@@ -32,7 +29,8 @@ def connect(home: str | None = None, autostart: bool = True) -> "Client":
     h = Home.from_env(home)
     client = Client(h.socket, home=h.root)
     if autostart:
-        client.ensure_daemon()
+        # no ping first: the first request that finds no daemon starts one and is retried
+        client.t.on_unavailable = client.start_daemon
     return client
 
 
@@ -45,14 +43,19 @@ class Client:
     # -- daemon ---------------------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
-            self.info()
+            Transport(self.socket_path, timeout=5).request("GET", "/v1/info")
             return True
         except DaemonUnavailable:
             return False
 
     def ensure_daemon(self, timeout: float = 60.0) -> None:
-        if os.path.exists(self.socket_path) and self.ping():
-            return
+        if not (os.path.exists(self.socket_path) and self.ping()):
+            self.start_daemon(timeout)
+
+    def start_daemon(self, timeout: float = 60.0) -> None:
+        """Start virtkitd for this client's home and wait until it answers."""
+        import subprocess
+
         if self.home is None:
             raise DaemonUnavailable(f"virtkitd not reachable at {self.socket_path}")
         os.makedirs(self.home, mode=0o700, exist_ok=True)

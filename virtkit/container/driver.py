@@ -44,6 +44,12 @@ class ContainerDriver:
     def log_path(self, instance: Instance) -> str:
         return os.path.join(self._dir(instance), "console.log")
 
+    def watch(self, instance: Instance) -> Any:
+        """A waiter that wakes when the instance writes output or its exit is recorded."""
+        from virtkit.container.watch import DirWatch
+
+        return DirWatch(self._dir(instance))
+
     # -- lifecycle ------------------------------------------------------------------------------------
     def create(self, instance: Instance) -> None:
         from virtkit.container.bundle import build_config, write_bundle

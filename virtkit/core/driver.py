@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from virtkit.core.models import Instance
 
@@ -29,5 +29,6 @@ class InstanceDriver(Protocol):
     def exit_status(self, instance: Instance) -> ExitStatus | None: ...
     def stats(self, instance: Instance) -> dict: ...
     def log_path(self, instance: Instance) -> str: ...
+    def watch(self, instance: Instance) -> Any: ...          # .wait(timeout) -> bool, .close()
     def exec_argv(self, instance: Instance, command: list[str], *, tty: bool, env: list[str],
                   console_socket: str | None = None) -> list[str]: ...

@@ -220,6 +220,10 @@ class InstanceService:
         lifecycle.require(inst, "stats")
         return self.driver(inst).stats(inst)
 
+    def watch(self, instance_id: str) -> Any:
+        inst = self.store.get_instance(instance_id)
+        return self.driver(inst).watch(inst)
+
     def log_path(self, name: str) -> str:
         inst = self.store.get_instance(name)
         return self.driver(inst).log_path(inst)

@@ -1,0 +1,87 @@
+"""Escape attempts from inside a virtkit container, each of which must fail."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.e2e.conftest import vk
+
+pytestmark = pytest.mark.root
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def attacker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the attacker program (scripts/setup.sh installs it)")
+    out = tmp_path_factory.mktemp("attacker")
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out / "attacker"), os.path.join(HERE, "data", "attacker.c")],
+                   check=True)
+    os.chmod(out, 0o755)
+    return str(out)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_exec_cannot_be_hijacked_through_proc_exe_or_ptrace(vk_home, client, name, attacker):
+    """CVE-2019-5736 class: a process joining the container on exec must not expose the host runtime."""
+    runtime_binary = os.path.realpath(sys.executable)
+    before = _sha256(runtime_binary)
+    client.run("busybox", ["/t/attacker", "6"], detach=True, name=name, volumes=[f"{attacker}:/t:ro"])
+    stop = time.monotonic() + 5
+    execs = 0
+
+    def hammer() -> None:
+        nonlocal execs
+        while time.monotonic() < stop:
+            vk(vk_home, "exec", name, "--", "true")
+            execs += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 10
+    while client.instance(name)["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out = b"".join(client.logs(name)).decode()
+    client.remove(name, force=True)
+    assert "scans" in out, out
+    assert execs >= 4
+    for bad in ("HOST-EXE-OPENED", "EXE-WRITABLE", "PTRACE-HOST"):
+        assert bad not in out, out
+    assert _sha256(runtime_binary) == before
+
+
+def test_cgroup_release_agent_cannot_be_set(vk_home, client):
+    """CVE-2022-0492 class: no writable release_agent, and no way to mount a cgroup hierarchy."""
+    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c",
+           "for f in /sys/fs/cgroup/*/release_agent /sys/fs/cgroup/release_agent; do "
+           "[ -e $f ] && (echo /evil > $f) 2>/dev/null && echo WROTE $f; done; "
+           "mkdir -p /tmp/cg; mount -t cgroup -o memory cgroup /tmp/cg 2>/dev/null && echo MOUNTED; "
+           "unshare -U -r -C true 2>/dev/null && echo UNSHARED; echo done")
+    out = r.stdout.decode()
+    assert "done" in out and "WROTE" not in out and "MOUNTED" not in out and "UNSHARED" not in out, out
+
+
+def test_device_nodes_made_with_mknod_stay_unusable(vk_home, client):
+    """With CAP_MKNOD granted, a node for the host's disk can be made, but the device cgroup refuses it."""
+    major_minor = os.stat("/").st_dev
+    major, minor = os.major(major_minor), os.minor(major_minor)
+    r = vk(vk_home, "run", "--rm", "--cap-add", "MKNOD", "busybox", "--", "sh", "-c",
+           f"mknod /tmp/disk b {major} {minor} && echo MADE; head -c 1 /tmp/disk >/dev/null 2>&1 && echo READ; "
+           "mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo MEM); echo done")
+    out = r.stdout.decode()
+    assert "done" in out and "READ" not in out and "MEM" not in out, out
