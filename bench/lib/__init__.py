@@ -1,0 +1,1 @@
+"""Helpers shared by the benchmark scripts under bench/ (statistics, host facts, process memory, cleanup)."""
