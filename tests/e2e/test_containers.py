@@ -137,3 +137,19 @@ def test_file_changes_stay_in_the_instance(vk_home, client, name):
     r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c", "cat /etc/marker 2>/dev/null || echo absent; ls /bin/vi")
     assert r.stdout.decode().split() == ["absent", "/bin/vi"]
     client.remove(name, force=True)
+
+
+def test_exec_with_a_terminal(vk_home, client, name):
+    client.run("busybox", ["sleep", "600"], detach=True, name=name)
+    out: list[bytes] = []
+
+    def keys():
+        yield b"tty; stty size; echo $((6*7))\n"
+        time.sleep(0.5)
+        yield b"exit 3\n"
+
+    code = client.exec_stream(name, ["sh"], tty=True, stdin=keys(), size=(30, 100), on_stdout=out.append)
+    text = b"".join(out).decode()
+    assert code == 3
+    assert "/dev/pts/0" in text and "30 100" in text and "42" in text, text
+    client.remove(name, force=True)
