@@ -14,7 +14,7 @@ class Home:
     root: str
 
     @classmethod
-    def from_env(cls, root: str | None = None) -> "Home":
+    def from_env(cls, root: str | None = None) -> Home:
         return cls(os.path.abspath(root or os.environ.get("VIRTKIT_HOME") or DEFAULT_HOME))
 
     @property

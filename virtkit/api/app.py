@@ -58,7 +58,7 @@ def create_app(ctx: Context) -> FastAPI:
     # -- instances ------------------------------------------------------------------------------------
     @app.get("/v1/instances")
     def list_instances() -> list[dict[str, Any]]:
-        return [i.to_dict() for i in svc.list()]
+        return [i.to_dict() for i in svc.list_all()]
 
     @app.post("/v1/instances", status_code=201, response_model=None)
     def create_instance(body: dict[str, Any]) -> dict[str, Any] | StreamingResponse:

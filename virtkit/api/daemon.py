@@ -15,7 +15,7 @@ def _reconcile_loop(ctx: object, stop: threading.Event) -> None:
     """Record exits of instances nobody is asking about, so `list` and --rm stay current."""
     while not stop.wait(0.5):
         try:
-            ctx.instances.list()  # type: ignore[attr-defined]
+            ctx.instances.list_all()  # type: ignore[attr-defined]
         except Exception as exc:  # keep the loop alive; the next round retries
             print(f"virtkitd: reconcile failed: {exc}", file=sys.stderr, flush=True)
 

@@ -9,14 +9,10 @@ import sys
 import time
 from typing import Any
 
-from virtkit.client import Client
 from virtkit.cli.main import _command
+from virtkit.cli.output import write_err, write_out
+from virtkit.client import Client
 from virtkit.core.errors import InvalidArgument, VirtkitError
-
-
-def _write_out(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
 
 
 def _each(names: list[str], fn: Any) -> int:
@@ -69,7 +65,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         inst = c.run(a.image, cmd, detach=True, **options)
         print(inst["name"])
         return 0
-    status = c.run(a.image, cmd, output=_write_out, **options)
+    status = c.run(a.image, cmd, output=write_out, **options)
     code = status.get("exit_code")
     if code is None:
         print(f"virtkit: instance ended without an exit code ({status.get('reason')})", file=sys.stderr)
@@ -107,8 +103,7 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
 
         return exec_tty(c, a.name, cmd, a.env)
     stdin = _stdin_chunks() if a.interactive else None
-    return c.exec_stream(a.name, cmd, env=a.env, stdin=stdin, on_stdout=_write_out,
-                         on_stderr=lambda d: (sys.stderr.buffer.write(d), sys.stderr.buffer.flush()))
+    return c.exec_stream(a.name, cmd, env=a.env, stdin=stdin, on_stdout=write_out, on_stderr=write_err)
 
 
 def _stdin_chunks() -> Any:
@@ -121,7 +116,7 @@ def _stdin_chunks() -> Any:
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
     for chunk in c.logs(a.name, follow=a.follow):
-        _write_out(chunk)
+        write_out(chunk)
     return 0
 
 
@@ -184,9 +179,9 @@ def cmd_system(c: Client, a: argparse.Namespace) -> int:
 # -- printing -------------------------------------------------------------------------------------------
 def _table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _size(n: int | None) -> str:

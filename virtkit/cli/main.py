@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -104,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from virtkit.client import connect
     from virtkit.cli import commands
+    from virtkit.client import connect
 
     client = connect(args.home)
     handler = getattr(commands, "cmd_" + args.cmd.replace("-", "_"), None)

@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import signal
-import sys
 import termios
 import tty
 from typing import Any
 
+from virtkit.cli.output import write_out
 from virtkit.client import Client
 
 
@@ -42,7 +42,7 @@ def exec_tty(client: Client, name: str, command: list[str], env: list[str]) -> i
     try:
         return client.exec_stream(
             name, command, env=env, tty=True, stdin=stdin_chunks(), size=(size.lines, size.columns),
-            on_stdout=lambda d: (sys.stdout.buffer.write(d), sys.stdout.buffer.flush()),
+            on_stdout=write_out,
             on_session=on_session,
         )
     finally:

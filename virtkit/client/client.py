@@ -22,7 +22,7 @@ class ExecResult(NamedTuple):
     stderr: bytes
 
 
-def connect(home: str | None = None, autostart: bool = True) -> "Client":
+def connect(home: str | None = None, autostart: bool = True) -> Client:
     """A client for the local daemon of `home` ($VIRTKIT_HOME), starting virtkitd if it is not running."""
     from virtkit.config import Home
 

@@ -61,7 +61,7 @@ class DirWatch:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "DirWatch":
+    def __enter__(self) -> DirWatch:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -12,14 +12,14 @@ from virtkit.core.errors import InvalidArgument
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
     STOPPED = "stopped"
 
 
-class InstanceType(str, enum.Enum):
+class InstanceType(enum.StrEnum):
     CONTAINER = "container"
     VM = "vm"
 

@@ -52,7 +52,7 @@ class InstanceService:
     def get(self, name: str) -> Instance:
         return self.reconcile(self.store.get_instance(name))
 
-    def list(self) -> list[Instance]:
+    def list_all(self) -> list[Instance]:
         return [self.reconcile(i) for i in self.store.list_instances()]
 
     def reconcile(self, inst: Instance) -> Instance:

@@ -217,7 +217,7 @@ class ImageStore:
             raise IntegrityError(f"image {info.name}: manifest has {len(descs)} layers but config lists "
                                  f"{len(info.layers)} diff_ids")
         paths: builtins.list[Path] = []
-        for desc, diff_id in zip(descs, info.layers):
+        for desc, diff_id in zip(descs, info.layers, strict=True):
             hexd = _hex_of(diff_id)
             dest = self.layers_dir / hexd
             sidecar = self.layers_dir / f"{hexd}{_IMPLICIT_SUFFIX}"

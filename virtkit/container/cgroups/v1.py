@@ -205,7 +205,7 @@ class V1Manager(CgroupManager):
         }
 
     def _rmdir_all(self) -> None:
-        for base, directory in self._unique_dirs():
+        for _base, directory in self._unique_dirs():
             rmdir_tree(directory)
         for base, directory in self._unique_dirs():
             try:
