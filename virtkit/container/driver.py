@@ -12,7 +12,7 @@ from typing import Any
 
 from virtkit.config import Home
 from virtkit.core.driver import ExitStatus
-from virtkit.core.errors import NotFound, SystemFailure
+from virtkit.core.errors import DaemonUnavailable, NotFound, SystemFailure
 from virtkit.core.models import Instance
 
 
@@ -78,12 +78,17 @@ class ContainerDriver:
             os.unlink(self._exit_file(instance))
         except FileNotFoundError:
             pass
-        ensure_running(self.home.run_dir, self.home.runtime_root, os.path.join(self.home.root, "supervisor.log"))
-        reply = call(self.home.supervisor_socket, {
+        request = {
             "op": "run", "id": instance.id, "bundle": os.path.join(self._dir(instance), "bundle"),
             "log": self.log_path(instance), "exit_file": self._exit_file(instance),
             "cgroup": self.cgroup_path(instance),
-        })
+        }
+        try:
+            reply = call(self.home.supervisor_socket, request)
+        except DaemonUnavailable:
+            # not running (first start, or it was killed): start it and try once more
+            ensure_running(self.home.run_dir, self.home.runtime_root, os.path.join(self.home.root, "supervisor.log"))
+            reply = call(self.home.supervisor_socket, request)
         return int(reply["pid"])
 
     def _forget_runtime_state(self, instance: Instance) -> None:

@@ -185,19 +185,91 @@ def build(profile: dict) -> object:
     return filt
 
 
-def load(profile: dict | None) -> None:
-    """Build and load the filter into this process (and its future children); None does nothing."""
+# Compiled programs by profile digest. A process that compiles before forking (the supervisor, the runtime's
+# parent side) hands its children a ready program: libseccomp then never runs on the container's start path.
+_compiled: dict[str, tuple[bytes, int]] = {}
+
+SYS_seccomp = 317               # x86_64
+SECCOMP_SET_MODE_FILTER = 1
+_FLAG_BITS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4}
+
+
+def _digest(profile: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()
+
+
+def compile_bpf(profile: dict, cache_dir: str | None = None) -> tuple[bytes, int]:
+    """The classic-BPF program and seccomp(2) flags for a profile: from memory, from `cache_dir`, or built.
+
+    Built programs are written to `cache_dir` (when given) so that the next process need not build them.
+    """
+    key = _digest(profile)
+    hit = _compiled.get(key)
+    if hit is not None:
+        return hit
+    flags = 0
+    for flag in profile.get("flags") or []:
+        flags |= _FLAG_BITS.get(flag, 0)
+    path = os.path.join(cache_dir, key + ".bpf") if cache_dir else None
+    prog = b""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                prog = f.read()
+        except OSError:
+            prog = b""
+    if not prog or len(prog) % 8:
+        validate(profile)
+        filt = build(profile)
+        import tempfile
+
+        with tempfile.TemporaryFile() as tmp:
+            filt.export_bpf(tmp)  # type: ignore[attr-defined]
+            tmp.seek(0)
+            prog = tmp.read()
+        if path:
+            try:
+                os.makedirs(cache_dir, mode=0o700, exist_ok=True)  # type: ignore[arg-type]
+                tmp_path = f"{path}.{os.getpid()}.tmp"
+                with open(tmp_path, "wb") as f:
+                    f.write(prog)
+                os.rename(tmp_path, path)
+            except OSError:
+                pass  # a cache we cannot write only costs the next start its build
+    _compiled[key] = (prog, flags)
+    return prog, flags
+
+
+def load_bpf(prog: bytes, flags: int = 0) -> None:
+    """Install a compiled program with seccomp(2) (SECCOMP_SET_MODE_FILTER)."""
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    res = libc.syscall(ctypes.c_long(SYS_seccomp), ctypes.c_long(SECCOMP_SET_MODE_FILTER), ctypes.c_long(flags),
+                       ctypes.byref(fprog))
+    if res != 0:
+        err = ctypes.get_errno()
+        hint = ""
+        if err == errno.EACCES:
+            hint = " (set no_new_privs first, or load while CAP_SYS_ADMIN is still held)"
+        raise SystemFailure(f"seccomp: loading the filter failed: {os.strerror(err)}{hint}")
+
+
+def load(profile: dict | None, cache_dir: str | None = None) -> None:
+    """Install the profile's filter in this process (and its future children); None does nothing."""
     if profile is None:
         return
-    validate(profile)
-    filt = build(profile)
-    try:
-        filt.load()  # type: ignore[attr-defined]
-    except OSError as exc:
-        hint = ""
-        if exc.errno == errno.EACCES:
-            hint = " (set no_new_privs first, or load while CAP_SYS_ADMIN is still held)"
-        raise SystemFailure(f"seccomp: loading the filter failed: {exc.strerror}{hint}") from exc
+    prog, flags = compile_bpf(profile, cache_dir)
+    load_bpf(prog, flags)
 
 
 # --- the default profile ---------------------------------------------------------------------

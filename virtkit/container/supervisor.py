@@ -135,6 +135,11 @@ class Supervisor:
     # -- main loop ------------------------------------------------------------------------------------
     def serve(self) -> None:
         _set_subreaper()
+        # virtkit's instances use the default seccomp profile: compiled once here, every container forked from
+        # this process inherits the program and installs it without running libseccomp
+        from virtkit.container import seccomp
+
+        seccomp.compile_bpf(seccomp.default_profile())
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         try:
             os.unlink(self.socket_path)
