@@ -85,3 +85,33 @@ def test_device_nodes_made_with_mknod_stay_unusable(vk_home, client):
            "mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo MEM); echo done")
     out = r.stdout.decode()
     assert "done" in out and "READ" not in out and "MEM" not in out, out
+
+
+@pytest.fixture(scope="module")
+def privs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the probe program (scripts/setup.sh installs it)")
+    out = tmp_path_factory.mktemp("privs")
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out / "privs"), os.path.join(HERE, "data", "privs.c")],
+                   check=True)
+    os.chmod(out, 0o755)
+    return str(out)
+
+
+def _probe(vk_home: str, privs: str, *flags: str) -> dict[str, str]:
+    r = vk(vk_home, "run", "--rm", "-v", f"{privs}:/t:ro", *flags, "busybox", "--", "/t/privs")
+    assert r.returncode == 0, r.stderr
+    return dict(line.split(" ", 1) for line in r.stdout.decode().splitlines())
+
+
+def test_default_container_cannot_use_privileged_calls(vk_home, client, privs):
+    res = _probe(vk_home, privs)
+    assert res.pop("getpid") == "ok"              # the probe itself runs
+    allowed = {k: v for k, v in res.items() if v == "ok"}
+    assert not allowed, f"privileged calls succeeded in a default container: {allowed}"
+
+
+def test_cap_add_net_raw_grants_raw_sockets_only(vk_home, client, privs):
+    res = _probe(vk_home, privs, "--cap-add", "NET_RAW")
+    assert res["raw_socket"] == "ok" and res["packet_socket"] == "ok"
+    assert res["mount"] != "ok" and res["init_module"] != "ok" and res["clock_settime"] != "ok"

@@ -89,7 +89,7 @@ class InstanceService:
             status = drv.exit_status(inst)
             if status is not None:
                 return status
-            time.sleep(0.01)
+            time.sleep(0.001)
         return None
 
     # -- create / start -------------------------------------------------------------------------------
