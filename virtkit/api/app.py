@@ -37,23 +37,9 @@ def create_app(ctx: Context) -> FastAPI:
         return {"version": __version__, "home": ctx.home.root, "pid": os.getpid(),
                 "schema_version": ctx.store.schema_version()}
 
-    # -- images ---------------------------------------------------------------------------------------
-    @app.get("/v1/images")
-    def list_images() -> list[dict[str, Any]]:
-        return [ctx.image_dict(i) for i in ctx.images.list()]
+    from virtkit.api.routes_images import router as images_router
 
-    @app.get("/v1/images/{name}")
-    def get_image(name: str) -> dict[str, Any]:
-        return ctx.image_dict(ctx.images.get(name))
-
-    @app.post("/v1/images/build")
-    def build_image(body: dict[str, Any]) -> dict[str, Any]:
-        return ctx.image_dict(ctx.build_image(str(body.get("kind", "")), body.get("name")))
-
-    @app.delete("/v1/images/{name}")
-    def remove_image(name: str) -> dict[str, Any]:
-        ctx.remove_image(name)
-        return {"removed": name}
+    app.include_router(images_router)
 
     # -- instances ------------------------------------------------------------------------------------
     @app.get("/v1/instances")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from virtkit.config import Home
-from virtkit.core.errors import InUse, InvalidArgument, NotFound
+from virtkit.core.errors import InvalidArgument, NotFound
 from virtkit.core.models import InstanceState
 from virtkit.core.service import InstanceService
 
@@ -40,28 +40,6 @@ class Context:
             pass
         if self.shutdown_hook:
             self.shutdown_hook()
-
-    # -- images ---------------------------------------------------------------------------------------
-    @staticmethod
-    def image_dict(info: Any) -> dict[str, Any]:
-        cfg = info.config or {}
-        return {"name": info.name, "digest": info.digest, "layers": list(info.layers), "size": info.size,
-                "created": info.created, "architecture": cfg.get("architecture"), "os": cfg.get("os"),
-                "config": cfg.get("config", {})}
-
-    def build_image(self, kind: str, name: str | None) -> Any:
-        if kind == "busybox":
-            from virtkit.images.busybox import build_busybox
-
-            return build_busybox(self.images, name or "busybox")
-        raise InvalidArgument(f"image build: unknown image kind {kind!r} (known: busybox)")
-
-    def remove_image(self, name: str) -> None:
-        info = self.images.get(name)
-        users = [i.name for i in self.store.list_instances() if i.image == info.name]
-        if users:
-            raise InUse(f"image '{info.name}' is used by instance(s) {', '.join(users)}; remove them first")
-        self.images.remove(name)
 
     # -- signals --------------------------------------------------------------------------------------
     @staticmethod

@@ -15,7 +15,7 @@ from virtkit.client import Client
 from virtkit.core.errors import InvalidArgument, VirtkitError
 
 
-def _each(names: list[str], fn: Any) -> int:
+def each(names: list[str], fn: Any) -> int:
     """Apply fn to every name, report each failure, exit non-zero if any failed (Docker's behaviour)."""
     code = 0
     for name in names:
@@ -26,30 +26,6 @@ def _each(names: list[str], fn: Any) -> int:
             print(f"virtkit: error: {exc.message}", file=sys.stderr)
             code = exc.exit_code
     return code
-
-
-# -- images ---------------------------------------------------------------------------------------------
-def cmd_image(c: Client, a: argparse.Namespace) -> int:
-    sub = {"ls": "list"}.get(a.image_cmd, a.image_cmd)
-    if sub == "build":
-        print(f"building image {a.name or a.kind} ...", file=sys.stderr)
-        info = c.build_image(a.kind, a.name)
-        print(f"{info['name']} {info['digest']}")
-        return 0
-    if sub == "list":
-        images = c.images()
-        if a.json:
-            print(json.dumps(images, indent=2))
-            return 0
-        _table(["NAME", "DIGEST", "SIZE", "CREATED"],
-               [[i["name"], i["digest"][7:19], _size(i["size"]), i["created"]] for i in images])
-        return 0
-    if sub == "rm":
-        return _each(a.names, c.remove_image)
-    if sub == "inspect":
-        print(json.dumps(c.image(a.name), indent=2))
-        return 0
-    raise InvalidArgument(f"unknown image command {a.image_cmd!r}")
 
 
 # -- instances ------------------------------------------------------------------------------------------
@@ -85,7 +61,7 @@ def cmd_list(c: Client, a: argparse.Namespace) -> int:
             status = f"stopped ({i['exit_code']}, {i.get('exit_reason')})"
         rows.append([i["name"], i["type"], status, i["image"], str(i.get("pid") or ""),
                      _ago(i["created_at"])])
-    _table(["NAME", "TYPE", "STATE", "IMAGE", "PID", "CREATED"], rows)
+    table(["NAME", "TYPE", "STATE", "IMAGE", "PID", "CREATED"], rows)
     return 0
 
 
@@ -121,31 +97,31 @@ def cmd_logs(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_start(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, c.start)
+    return each(a.names, c.start)
 
 
 def cmd_stop(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, lambda n: c.stop(n, a.time))
+    return each(a.names, lambda n: c.stop(n, a.time))
 
 
 def cmd_restart(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, lambda n: c.restart(n, a.time))
+    return each(a.names, lambda n: c.restart(n, a.time))
 
 
 def cmd_kill(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, lambda n: c.kill(n, a.signal))
+    return each(a.names, lambda n: c.kill(n, a.signal))
 
 
 def cmd_pause(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, c.pause)
+    return each(a.names, c.pause)
 
 
 def cmd_resume(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, c.resume)
+    return each(a.names, c.resume)
 
 
 def cmd_rm(c: Client, a: argparse.Namespace) -> int:
-    return _each(a.names, lambda n: c.remove(n, force=a.force))
+    return each(a.names, lambda n: c.remove(n, force=a.force))
 
 
 def cmd_stats(c: Client, a: argparse.Namespace) -> int:
@@ -160,9 +136,9 @@ def cmd_stats(c: Client, a: argparse.Namespace) -> int:
         print(json.dumps(second, indent=2))
         return 0
     limit = second.get("memory_limit")
-    _table(["NAME", "CPU TIME", "CPU %", "MEMORY", "LIMIT", "PIDS"], [[
+    table(["NAME", "CPU TIME", "CPU %", "MEMORY", "LIMIT", "PIDS"], [[
         a.name, f"{second.get('cpu_usage_ns', 0) / 1e9:.2f}s", f"{cpu_pct:.1f}%",
-        _size(second.get("memory_bytes", 0)), _size(limit) if limit else "-",
+        size_str(second.get("memory_bytes", 0)), size_str(limit) if limit else "-",
         f"{second.get('pids_current', 0)}/{second.get('pids_limit') or '-'}",
     ]])
     return 0
@@ -177,14 +153,14 @@ def cmd_system(c: Client, a: argparse.Namespace) -> int:
 
 
 # -- printing -------------------------------------------------------------------------------------------
-def _table(headers: list[str], rows: list[list[str]]) -> None:
+def table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _size(n: int | None) -> str:
+def size_str(n: int | None) -> str:
     if n is None:
         return "-"
     f = float(n)

@@ -14,16 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="virtkit home (default $VIRTKIT_HOME or /var/lib/virtkit)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    img = sub.add_parser("image", help="manage images").add_subparsers(dest="image_cmd", required=True)
-    b = img.add_parser("build", help="build an image (busybox)")
-    b.add_argument("kind", help="what to build: busybox")
-    b.add_argument("--name", help="image name (default: the kind)")
-    il = img.add_parser("list", aliases=["ls"], help="list images")
-    il.add_argument("--json", action="store_true")
-    ir = img.add_parser("rm", help="remove images")
-    ir.add_argument("names", nargs="+")
-    ii = img.add_parser("inspect", help="show an image as JSON")
-    ii.add_argument("name")
+    from virtkit.cli.cmd_image import add_parser as add_image_parser
+
+    add_image_parser(sub)
 
     r = sub.add_parser("run", help="create and start an instance")
     r.add_argument("--name")
@@ -107,6 +100,10 @@ def dispatch(args: argparse.Namespace) -> int:
     from virtkit.client import connect
 
     client = connect(args.home)
+    if args.cmd == "image":
+        from virtkit.cli.cmd_image import cmd_image
+
+        return int(cmd_image(client, args) or 0)
     handler = getattr(commands, "cmd_" + args.cmd.replace("-", "_"), None)
     if handler is None:
         aliases = {"ls": "list", "ps": "list"}

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+from virtkit.client.images import ImagesAPI
 from virtkit.client.transport import Transport, path_of
 from virtkit.core.errors import DaemonUnavailable
 
@@ -34,7 +35,7 @@ def connect(home: str | None = None, autostart: bool = True) -> Client:
     return client
 
 
-class Client:
+class Client(ImagesAPI):
     def __init__(self, socket_path: str, home: str | None = None, timeout: float | None = 600.0) -> None:
         self.socket_path = socket_path
         self.home = home
@@ -75,19 +76,6 @@ class Client:
 
     def shutdown(self) -> None:
         self.t.request("POST", "/v1/system/shutdown")
-
-    # -- images ---------------------------------------------------------------------------------------
-    def images(self) -> list[dict[str, Any]]:
-        return self.t.request("GET", "/v1/images")  # type: ignore[no-any-return]
-
-    def image(self, name: str) -> dict[str, Any]:
-        return self.t.request("GET", path_of("v1", "images", name))  # type: ignore[no-any-return]
-
-    def build_image(self, kind: str, name: str | None = None) -> dict[str, Any]:
-        return self.t.request("POST", "/v1/images/build", {"kind": kind, "name": name})  # type: ignore[no-any-return]
-
-    def remove_image(self, name: str) -> None:
-        self.t.request("DELETE", path_of("v1", "images", name))
 
     # -- instances ------------------------------------------------------------------------------------
     def instances(self) -> list[dict[str, Any]]:
