@@ -63,7 +63,8 @@ def preload(spec: dict) -> None:
     if spec.get("linux", {}).get("seccomp"):
         from virtkit.container import seccomp
 
-        seccomp._lib()
+        # compiled now (or taken from the parent's cache), loaded after pivot_root without libseccomp
+        seccomp.compile_bpf(spec["linux"]["seccomp"])
     if (spec.get("hooks") or {}).get("startContainer"):
         import subprocess  # noqa: F401
 
@@ -75,6 +76,7 @@ def stage1(ch: socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
             for i, fd in enumerate(opts["stdio"]):
                 os.dup2(fd, i)
         opts["cgroup"].add_pid(os.getpid())
+        set_oom_score_adj(spec["process"])
         flags, joins = opts["ns_flags"], opts["ns_join"]
         user_join = [j for j in joins if j[0] == "user"]
         ns.join(user_join)
@@ -129,6 +131,9 @@ def stage2(ch: socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
                "netns": bool(flags & sc.CLONE_NEWNET) or "network" in joined,
                "cgroupns": bool(flags & sc.CLONE_NEWCGROUP)}
         root = spec["root"]["path"]
+        # the host's /proc/self/fd, kept for reopening the exec fifo's O_PATH fd after pivot_root/chroot:
+        # the container may have no /proc of its own (no mount namespace, or no proc mount)
+        fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if flags & sc.CLONE_NEWNS:
             rootfs.setup_root(spec, root)
             rootfs.mount_all(spec, root, opts["bundle"], ctx)
@@ -167,10 +172,11 @@ def stage2(ch: socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
         _fail(ch, exc)
     try:
         # blocks until `start` opens the fifo for reading (runc's exec.fifo)
-        fd = os.open(sc.fd_path(opts["fifo_fd"]), os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(str(opts["fifo_fd"]), os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd_dir)
         os.write(fd, b"0")
         os.close(fd)
         os.close(opts["fifo_fd"])
+        os.close(fd_dir)
         hooks.run_hooks(hk.get("startContainer"), opts["hook_state"] | {"pid": os.getpid(), "status": "running"},
                         "startContainer")
         finish(proc, linux, opts["preserve_fds"], env)
@@ -195,6 +201,18 @@ def lookup(cmd: str, env: dict[str, str]) -> str | None:
     return None
 
 
+def set_oom_score_adj(proc: dict) -> None:
+    """process.oomScoreAdj, set while still on the host's /proc; children inherit it."""
+    adj = proc.get("oomScoreAdj")
+    if adj is None:
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(adj))
+    except OSError as exc:
+        raise SystemFailure(f"process.oomScoreAdj {adj}: {exc.strerror}") from exc
+
+
 def set_rlimits(proc: dict) -> None:
     for r in proc.get("rlimits") or []:
         what = getattr(resource, r["type"])
@@ -214,6 +232,14 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
         os.chdir(cwd)
     except OSError as exc:
         raise SystemFailure(f"process.cwd {cwd!r}: {exc.strerror}") from exc
+    for fd in range(3, 3 + preserve_fds):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+    # CVE-2024-21626: no host fd may reach the container process. Before any seccomp filter: a profile that
+    # refuses close_range would turn this into a million filtered close() calls.
+    os.closerange(3 + preserve_fds, 1 << 20)
     profile = linux.get("seccomp")
     # Without no_new_privs the kernel only lets a process holding CAP_SYS_ADMIN install a filter, so it goes in
     # now, before privileges drop (runc's order); every call made after this is on the default allowlist.
@@ -243,13 +269,6 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    for fd in range(3, 3 + preserve_fds):
-        try:
-            os.set_inheritable(fd, True)
-        except OSError:
-            pass
-    # CVE-2024-21626: no host fd may reach the container process
-    os.closerange(3 + preserve_fds, 1 << 20)
     if profile and not early_seccomp:
         from virtkit.container import seccomp
 
@@ -268,6 +287,7 @@ def exec_child(ch: socket.socket, pid: int, proc: dict, linux: dict, opts: dict[
                 os.dup2(fd, i)
         if opts.get("cgroup") is not None:
             opts["cgroup"].add_pid(os.getpid())
+        set_oom_score_adj(proc)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         preload({"linux": linux})
         csock = console.connect(opts["console_socket"]) if proc.get("terminal") else None

@@ -123,7 +123,7 @@ class Runtime:
         cg = _cgroup(cg_path)
         cg.create()
         undo.append(lambda: _kill_and_destroy(cg))
-        cg.apply(_resources(linux.get("resources")))
+        cg.apply(_resources(linux.get("resources"), linux.get("devices")))
         os.mkfifo(d.fifo, 0o622)
         # the umask took group/other write away; the container's root (maybe a mapped uid) must open it
         os.chmod(d.fifo, 0o622)
@@ -137,6 +137,9 @@ class Runtime:
         hook_state = st.oci_state(rec, "creating")
         fifo_fd = os.open(d.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, joins = ns.plan(spec)
+        # imports and the seccomp program, made here as the host's root: after unshare(CLONE_NEWUSER) the
+        # children may no longer read the Python library (e.g. under a 0700 /root)
+        initmod.preload(spec)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         opts = {"stdio": stdio, "cgroup": cg, "ns_flags": flags, "ns_join": joins, "bundle": bundle,
                 "console_socket": console_socket, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
@@ -247,8 +250,17 @@ class Runtime:
     def delete(self, container_id: str, force: bool = False) -> None:
         from virtkit.container import hooks
 
-        d, rec, status = self._load(container_id)
-        if status in ("running", "paused") and not force:
+        try:
+            d, rec, status = self._load(container_id)
+        except E.NotFound:
+            if not force:
+                raise
+            # runc's contract, which podman's cleanup relies on: --force on a container that is gone (or whose
+            # create died before state.json was written) succeeds and clears what is left of its directory
+            self._dir(container_id).remove()
+            return
+        # the OCI spec: deleting a container that is not stopped (created included) MUST be an error
+        if status in ("created", "running", "paused") and not force:
             raise E.InvalidState(f"container {container_id!r} is {status}: stop it or use force")
         cg = _cgroup(rec["cgroup"])
         if status != "stopped":
@@ -301,6 +313,7 @@ class Runtime:
         proc.update(process)
         specmod.validate_process(proc)
         cg = _cgroup(rec["cgroup"])
+        initmod.preload({"linux": rec["spec"].get("linux") or {}})
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         opts = {"stdio": stdio, "cgroup": cg, "console_socket": console_socket, "detach": detach,
                 "preserve_fds": preserve_fds}
@@ -368,20 +381,28 @@ class Runtime:
         _cgroup(rec["cgroup"]).thaw()
 
 
-def _resources(res: dict | None) -> dict | None:
-    """Drop leading "deny all" device rules (what `runc spec` and podman write first).
+def _resources(res: dict | None, devices: list | None = None) -> dict | None:
+    """Drop leading "deny all" device rules (what `runc spec` and podman write first); allow linux.devices.
 
     virtkit's cgroup code always starts with deny-all plus the default allow set; the user's rules
     come after, so a user's leading deny-all would wipe the defaults (runc puts its defaults last).
+    The nodes listed in linux.devices "MUST be available in the container": each gets an allow rule
+    ahead of the user's rules (so an explicit deny still wins), as runc and crun do.
     """
+    node_rules = [{"allow": True, "type": "b" if d.get("type") == "b" else "c", "major": d["major"],
+                   "minor": d["minor"], "access": "rwm"}
+                  for d in devices or [] if isinstance(d, dict) and d.get("type") in ("c", "u", "b")
+                  and isinstance(d.get("major"), int) and isinstance(d.get("minor"), int)]
     if not res or not isinstance(res.get("devices"), list):
+        if node_rules:
+            return {**(res or {}), "devices": node_rules + list((res or {}).get("devices") or [])}
         return res
     rules = list(res["devices"])
     while rules and isinstance(rules[0], dict) and rules[0].get("allow") is False \
             and rules[0].get("type", "a") == "a" and rules[0].get("major") is None \
             and rules[0].get("minor") is None and rules[0].get("access", "rwm") == "rwm":
         rules.pop(0)
-    return {**res, "devices": rules}
+    return {**res, "devices": node_rules + rules}
 
 
 def _write_pid_file(path: str, pid: int) -> None:

@@ -194,6 +194,10 @@ def _validate_process(p: Any, f: str, *, create: bool) -> None:
             capsmod = None  # type: ignore[assignment]
         if capsmod is not None and hasattr(capsmod, "validate"):
             capsmod.validate(caps)
+    if p.get("oomScoreAdj") is not None:
+        adj = p["oomScoreAdj"]
+        _need(isinstance(adj, int) and not isinstance(adj, bool) and -1000 <= adj <= 1000, f"{f}.oomScoreAdj",
+              "must be an integer in -1000..1000")
     if "terminal" in p:
         _need(isinstance(p["terminal"], bool), f"{f}.terminal", "must be a boolean")
     cs = p.get("consoleSize")
