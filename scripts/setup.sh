@@ -32,6 +32,21 @@ fi
 .venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp' || {
     echo "setup.sh: the Python packages did not install" >&2; exit 1; }
 
+# Launchers for the two hot commands, started with -IS: skipping the site import saves ~12 ms per command.
+# They put this checkout and the venv's packages on sys.path themselves (pip's own launchers work too, slower).
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for spec in "virtkit:virtkit.cli.main:main" "virtkit-runtime:virtkit.container.cli:entry"; do
+    IFS=: read -r cmd mod fn <<<"$spec"
+    cat > ".venv/bin/$cmd" <<LAUNCHER
+#!$PWD/.venv/bin/python -IS
+import sys
+sys.path[:0] = ["$PWD", "$SITE"]
+from $mod import $fn
+sys.exit($fn())
+LAUNCHER
+    chmod 755 ".venv/bin/$cmd"
+done
+
 # bytecode ahead of time: every virtkit command starts faster, also where PYTHONDONTWRITEBYTECODE is set
 .venv/bin/python -m compileall -q virtkit >/dev/null
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -17,6 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     from virtkit.cli.cmd_image import add_parser as add_image_parser
 
     add_image_parser(sub)
+    from virtkit.cli.cmd_snapshot import add_parser as add_snapshot_parser
+    from virtkit.cli.cmd_volume import add_parser as add_volume_parser
+
+    add_volume_parser(sub)
+    add_snapshot_parser(sub)
 
     r = sub.add_parser("run", help="create and start an instance")
     r.add_argument("--name")
@@ -26,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--memory", "-m", help="memory limit, e.g. 64M")
     r.add_argument("--pids", type=int, help="maximum number of processes")
     r.add_argument("-e", "--env", action="append", default=[], help="NAME=VALUE")
-    r.add_argument("-v", "--volume", action="append", default=[], help="HOSTDIR:DIR[:ro]")
+    r.add_argument("-v", "--volume", action="append", default=[], help="HOSTDIR:DIR[:ro] or VOLUME:DIR[:ro]")
     r.add_argument("--cap-add", action="append", default=[])
     r.add_argument("--cap-drop", action="append", default=[])
     r.add_argument("-w", "--workdir")
@@ -91,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
+    # no interpreter teardown: it only costs time once the output is flushed
     sys.stdout.flush()
-    sys.exit(code)
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -104,6 +112,14 @@ def dispatch(args: argparse.Namespace) -> int:
         from virtkit.cli.cmd_image import cmd_image
 
         return int(cmd_image(client, args) or 0)
+    if args.cmd == "volume":
+        from virtkit.cli.cmd_volume import cmd_volume
+
+        return int(cmd_volume(client, args) or 0)
+    if args.cmd in ("snapshot", "restore", "publish"):
+        from virtkit.cli import cmd_snapshot
+
+        return int(getattr(cmd_snapshot, f"cmd_{args.cmd}")(client, args) or 0)
     handler = getattr(commands, "cmd_" + args.cmd.replace("-", "_"), None)
     if handler is None:
         aliases = {"ls": "list", "ps": "list"}

@@ -333,7 +333,11 @@ def _parse_exec(args: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def entry() -> NoReturn:
-    sys.exit(main())
+    code = main()
+    # skip interpreter teardown (~8 ms of a ~50 ms cycle): nothing is left to flush but the std streams
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -274,7 +274,9 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
 
         seccomp.load(profile)
     try:
-        os.execvpe(proc["args"][0], proc["args"], env)
+        # execve of the path found in the container's PATH: os.execvpe would import `warnings`, which a process
+        # past pivot_root cannot load when Python runs without site (the -IS launcher)
+        os.execve(lookup(proc["args"][0], env) or proc["args"][0], proc["args"], env)
     except OSError as exc:
         raise SystemFailure(f"exec {proc['args'][0]!r}: {exc.strerror}") from exc
 
