@@ -22,7 +22,7 @@ def _names(vk_home: str) -> set[str]:
     (["--cpus", "100000"], 2, b"cpus: must be between"),
     (["--pids", "0"], 2, b"pids: must be between"),
     (["--cap-add", "NOT_A_CAP"], 2, b"unknown capability"),
-    (["-v", "relative:/x"], 2, b"host path must be absolute"),
+    (["-v", "./relative:/x"], 2, b"host path must be absolute"),   # "relative:/x" names a volume now
     (["-v", "/nonexistent-virtkit-dir:/x"], 2, b"does not exist"),
     (["-e", "NOVALUE"], 2, b"NAME=VALUE"),
 ])

@@ -40,6 +40,12 @@ def create_app(ctx: Context) -> FastAPI:
     from virtkit.api.routes_images import router as images_router
 
     app.include_router(images_router)
+    # before the instance routes: POST /v1/instances/{name}/{action} would take .../snapshots and .../publish
+    from virtkit.api.routes_snapshots import router as snapshots_router
+    from virtkit.api.routes_volumes import router as volumes_router
+
+    app.include_router(volumes_router)
+    app.include_router(snapshots_router)
 
     # -- instances ------------------------------------------------------------------------------------
     @app.get("/v1/instances")

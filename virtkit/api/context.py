@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal as signal_mod
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +30,24 @@ class Context:
         self.images = ImageStore(home.images)
         self.drivers = {"container": ContainerDriver(home, self.images)}
         self.instances = InstanceService(self.store, self.drivers, self.images)  # type: ignore[arg-type]
+        self._wire_storage(home)
         self.shutdown_hook: Callable[[], None] | None = None
+
+    def _wire_storage(self, home: Home) -> None:
+        """Volumes and snapshots, hooked into the instance lifecycle; leftovers of a crash cleaned up."""
+        from virtkit.core.snapshots import SnapshotService
+        from virtkit.core.volumes import VolumeService
+        from virtkit.storage.snapshots import SnapshotFiles
+        from virtkit.storage.volumes import VolumeFiles
+
+        self.volumes = VolumeService(self.store, VolumeFiles(os.path.join(home.root, "volumes")))
+        snapshot_files = SnapshotFiles(os.path.join(home.root, "snapshots"))
+        self.snapshots = SnapshotService(self.store, self.instances, snapshot_files, self.images)
+        self.instances.hooks += [self.volumes, self.snapshots]
+        _removed, unknown = self.volumes.cleanup()
+        for path in unknown:
+            print(f"virtkitd: {path} is not a recorded volume; left as it is", file=sys.stderr, flush=True)
+        self.snapshots.cleanup()
 
     def request_shutdown(self) -> None:
         from virtkit.container.supervisor import call

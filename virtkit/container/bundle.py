@@ -87,6 +87,10 @@ def build_config(
         mounts.append({"destination": f"/etc/{name}", "type": "bind",
                        "source": os.path.join(instance_dir, name), "options": ["rbind", "ro", "nosuid", "nodev"]})
     for vol in spec.get("volumes") or []:
+        if not vol.get("source"):          # a named volume the volume service did not resolve
+            from virtkit.core.errors import InvalidArgument
+
+            raise InvalidArgument(f"volume: named volume {vol.get('volume')!r} has no host path")
         opts = ["rbind", "rprivate"] + (["ro"] if vol.get("readonly") else [])
         mounts.append({"destination": vol["target"], "type": "bind", "source": vol["source"], "options": opts})
     return config

@@ -8,11 +8,13 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from virtkit.config import Home
 from virtkit.core.driver import ExitStatus
-from virtkit.core.errors import DaemonUnavailable, NotFound, SystemFailure
+from virtkit.core.errors import DaemonUnavailable, NotFound, SystemFailure, VirtkitError
 from virtkit.core.models import Instance
 
 
@@ -151,6 +153,65 @@ class ContainerDriver:
     def delete(self, instance: Instance) -> None:
         self._forget_runtime_state(instance)
         shutil.rmtree(self._dir(instance), ignore_errors=True)
+
+    # -- the writable layer: snapshots, restore, publish -----------------------------------------------
+    def upper_dir(self, instance: Instance) -> str:
+        return os.path.join(self._dir(instance), "upper")
+
+    @contextmanager
+    def _quiesced(self, instance: Instance) -> Iterator[None]:
+        """Freeze a running container's cgroup so its files hold still while we read them; thaw after,
+        whatever happens. A paused one is frozen already and stays so."""
+        if self.status(instance) != "running":
+            yield
+            return
+        from virtkit.container.cgroups import manager_for
+
+        cg = manager_for(self.cgroup_path(instance))
+        cg.freeze()
+        try:
+            yield
+        finally:
+            try:
+                cg.thaw()
+            except VirtkitError:
+                if cg.exists():         # gone: the container died meanwhile, nothing to thaw
+                    raise
+
+    def snapshot(self, instance: Instance, dest: str) -> int:
+        """Copy the instance's upper layer to `dest` (frozen while running); returns the bytes copied."""
+        from virtkit.storage.copytree import copy_tree
+
+        with self._quiesced(instance):
+            return copy_tree(self.upper_dir(instance), dest)
+
+    def restore(self, instance: Instance, src: str) -> None:
+        """Replace the (stopped) instance's upper layer by a copy of `src`."""
+        from virtkit.storage.copytree import copy_tree
+
+        idir = self._dir(instance)
+        upper, new, old = self.upper_dir(instance), os.path.join(idir, "upper.new"), os.path.join(idir, "upper.old")
+        for leftover in (new, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            copy_tree(src, new)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        os.rename(upper, old)
+        os.rename(new, upper)
+        shutil.rmtree(old, ignore_errors=True)
+        # overlayfs keeps copy-up scratch in its workdir; start the restored layer with a clean one
+        work = os.path.join(idir, "work")
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work, mode=0o755, exist_ok=True)
+
+    def export_changes(self, instance: Instance, tar_path: str) -> None:
+        """The instance's changes to its image as an OCI layer tar (frozen while running)."""
+        from virtkit.storage.layer import write_layer
+
+        with self._quiesced(instance):
+            write_layer(self.upper_dir(instance), tar_path)
 
     def stats(self, instance: Instance) -> dict[str, Any]:
         from virtkit.container.cgroups import manager_for

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from virtkit.core.errors import InvalidArgument
-from virtkit.core.models import validate_name
+from virtkit.core.models import NAME_RE, validate_name
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -94,24 +94,34 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_volume(v: str | dict[str, Any]) -> dict[str, Any]:
-    """'HOSTDIR:DIR[:ro|rw]' or {"source", "target", "readonly"} -> normalised dict."""
+    """'HOSTDIR:DIR[:ro|rw]', 'VOLUME:DIR[:ro|rw]' or {"source"|"volume", "target", "readonly"} -> normalised dict.
+
+    A source that is an absolute path is a bind mount of a host directory; a name is a named volume
+    ({"volume": name, "source": None, ...}: the volume service fills in its host path).
+    """
     if isinstance(v, str):
         parts = v.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise InvalidArgument(f"volume: {v!r} is not HOSTDIR:DIR[:ro]")
+            raise InvalidArgument(f"volume: {v!r} is not HOSTDIR:DIR[:ro] or VOLUME:DIR[:ro]")
         mode = parts[2] if len(parts) == 3 else "rw"
         if mode not in ("ro", "rw"):
             raise InvalidArgument(f"volume: {v!r}: mode must be ro or rw, got {mode!r}")
         vol = {"source": parts[0], "target": parts[1], "readonly": mode == "ro"}
     elif isinstance(v, dict):
         vol = {"source": v.get("source"), "target": v.get("target"), "readonly": bool(v.get("readonly"))}
+        if v.get("volume") is not None:
+            if vol["source"] is not None:
+                raise InvalidArgument("volume: give either source (a host path) or volume (a name), not both")
+            vol["source"] = v["volume"]
     else:
         raise InvalidArgument(f"volume: cannot parse {v!r}")
     src, dst = vol["source"], vol["target"]
-    if not isinstance(src, str) or not os.path.isabs(src):
-        raise InvalidArgument(f"volume: host path must be absolute (got {src!r})")
-    if not os.path.exists(src):
-        raise InvalidArgument(f"volume: host path {src!r} does not exist")
     if not isinstance(dst, str) or not dst.startswith("/") or ".." in dst.split("/"):
         raise InvalidArgument(f"volume: container path must be absolute without '..' (got {dst!r})")
+    if isinstance(src, str) and not src.startswith("/") and NAME_RE.match(src):
+        return {"volume": src, "source": None, "target": dst, "readonly": vol["readonly"]}
+    if not isinstance(src, str) or not os.path.isabs(src):
+        raise InvalidArgument(f"volume: {src!r} is not a volume name, and a host path must be absolute")
+    if not os.path.exists(src):
+        raise InvalidArgument(f"volume: host path {src!r} does not exist")
     return vol

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from virtkit.core import lifecycle
@@ -25,6 +27,10 @@ class InstanceService:
         self.images = images
         self._lock = threading.RLock()
         self._held: dict[str, int] = {}     # instance id -> attached readers; auto-remove waits for them
+        # Services with a stake in an instance's life (volumes, snapshots). Each may have
+        # prepare(inst) -> undo | None (before the driver creates it), starting(inst), removed(inst).
+        self.hooks: list[Any] = []
+        self._quiescing: set[str] = set()   # frozen by us for a copy: not a user's pause
 
     def hold(self, instance_id: str) -> None:
         with self._lock:
@@ -45,6 +51,17 @@ class InstanceService:
         if inst.state == S.STOPPED and inst.spec.get("auto_remove"):
             self._remove(inst)
 
+    @contextmanager
+    def quiescing(self, instance_id: str) -> Iterator[None]:
+        """While held, a frozen cgroup of this instance is ours (a snapshot's copy), not a pause to record."""
+        with self._lock:
+            self._quiescing.add(instance_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._quiescing.discard(instance_id)
+
     def driver(self, instance: Instance) -> InstanceDriver:
         return self.drivers[instance.type]
 
@@ -63,7 +80,7 @@ class InstanceService:
         status = drv.exit_status(inst)
         if status is None:
             runtime_state = drv.status(inst)
-            if runtime_state == "paused" and inst.state != S.PAUSED:
+            if runtime_state == "paused" and inst.state != S.PAUSED and inst.id not in self._quiescing:
                 return self.store.update_instance(inst.id, state=S.PAUSED.value)
             if runtime_state != "stopped":
                 return inst
@@ -106,10 +123,18 @@ class InstanceService:
         )
         self.store.add_instance(inst)               # AlreadyExists for a duplicate name, nothing made yet
         drv = self.drivers[itype]
+        undo: list[Any] = []
         try:
+            for hook in self.hooks:
+                if hasattr(hook, "prepare") and (u := hook.prepare(inst)) is not None:
+                    undo.append(u)
+            if undo:                                # hooks filled in the spec (volume host paths)
+                inst = self.store.update_instance(inst.id, spec=inst.spec)
             drv.create(inst)
         except BaseException:
             self.store.delete_instance(inst.id)
+            for u in reversed(undo):
+                u()
             raise
         if start:
             try:
@@ -132,6 +157,9 @@ class InstanceService:
     def start(self, name: str) -> Instance:
         inst = self.get(name)
         lifecycle.require(inst, "start")
+        for hook in self.hooks:
+            if hasattr(hook, "starting"):
+                hook.starting(inst)
         pid = self.driver(inst).start(inst)
         return self.store.update_instance(
             inst.id, state=S.RUNNING.value, pid=pid, started_at=time.time(),
@@ -202,6 +230,9 @@ class InstanceService:
     def _remove(self, inst: Instance) -> None:
         self.driver(inst).delete(inst)
         self.store.delete_instance(inst.id)
+        for hook in self.hooks:
+            if hasattr(hook, "removed"):
+                hook.removed(inst)
 
     # -- exec / stats / logs --------------------------------------------------------------------------
     def exec_argv(self, name: str, command: list[str], tty: bool = False, env: list[str] | None = None,

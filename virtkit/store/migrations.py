@@ -22,6 +22,21 @@ MIGRATIONS: list[list[str]] = [
             exit_reason TEXT
         )""",
     ],
+    [
+        """CREATE TABLE volumes (
+            name TEXT PRIMARY KEY,
+            driver TEXT NOT NULL,
+            size INTEGER,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE snapshots (
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (instance_id, name)
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

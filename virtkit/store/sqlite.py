@@ -12,6 +12,8 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from virtkit.core.errors import AlreadyExists, InvalidArgument, NotFound
 from virtkit.core.models import Instance
+from virtkit.core.snapshots import Snapshot
+from virtkit.core.volumes import Volume
 from virtkit.store import migrations
 
 _COLUMNS = ("id", "name", "type", "state", "image", "spec", "pid", "created_at", "started_at",
@@ -95,6 +97,62 @@ class SQLiteStore:
     def delete_instance(self, instance_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(text("DELETE FROM instances WHERE id = :i"), {"i": instance_id})
+
+    # -- volumes --------------------------------------------------------------------------------------
+    def add_volume(self, volume: Volume) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO volumes (name, driver, size, created_at) "
+                                  "VALUES (:name, :driver, :size, :created_at)"), volume.to_dict())
+        except SAIntegrityError as exc:
+            raise AlreadyExists(f"a volume named '{volume.name}' already exists") from exc
+
+    def get_volume(self, name: str) -> Volume:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM volumes WHERE name = :n"), {"n": name}).first()
+        if row is None:
+            raise NotFound(f"volume '{name}' not found")
+        return Volume(**dict(row._mapping))
+
+    def list_volumes(self) -> list[Volume]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM volumes ORDER BY name")).all()
+        return [Volume(**dict(r._mapping)) for r in rows]
+
+    def delete_volume(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM volumes WHERE name = :n"), {"n": name})
+
+    # -- snapshots ------------------------------------------------------------------------------------
+    def add_snapshot(self, snapshot: Snapshot) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO snapshots (instance_id, name, size, created_at) "
+                                  "VALUES (:instance_id, :name, :size, :created_at)"), snapshot.to_dict())
+        except SAIntegrityError as exc:
+            raise AlreadyExists(f"a snapshot named '{snapshot.name}' already exists for this instance "
+                                "(or the instance is gone)") from exc
+
+    def get_snapshot(self, instance_id: str, name: str) -> Snapshot:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM snapshots WHERE instance_id = :i AND name = :n"),
+                               {"i": instance_id, "n": name}).first()
+        if row is None:
+            raise NotFound(f"snapshot '{name}' not found")
+        return Snapshot(**dict(row._mapping))
+
+    def list_snapshots(self, instance_id: str | None = None) -> list[Snapshot]:
+        query = "SELECT * FROM snapshots"
+        if instance_id is not None:
+            query += " WHERE instance_id = :i"
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(query + " ORDER BY created_at, name"), {"i": instance_id}).all()
+        return [Snapshot(**dict(r._mapping)) for r in rows]
+
+    def delete_snapshot(self, instance_id: str, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM snapshots WHERE instance_id = :i AND name = :n"),
+                         {"i": instance_id, "n": name})
 
     def close(self) -> None:
         self.engine.dispose()
