@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import time
 
 import pytest
 
+from tests.container.forked import in_child
 from virtkit.container import caps
 from virtkit.core.errors import InvalidArgument
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hold capabilities")
 
 
-def _in_child(fn) -> dict:
-    """Run fn() in a forked child and return what it returned (JSON through a pipe)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = {"ok": fn()}
-        except BaseException as exc:  # noqa: BLE001 - the child must never return into pytest
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    result = json.loads(data)
-    assert "error" not in result, result.get("error")
-    return result["ok"]
 
 
 def test_names_and_numbers():
@@ -76,7 +55,7 @@ def test_apply_sets_exactly_the_requested_sets():
         caps.apply(want)
         return caps.current()
 
-    got = _in_child(child)
+    got = in_child(child)
     assert got["CapBnd"] == _mask(caps.VIRTKIT_DEFAULT_CAPS)
     assert got["CapEff"] == _mask(caps.VIRTKIT_DEFAULT_CAPS)
     assert got["CapPrm"] == _mask(caps.VIRTKIT_DEFAULT_CAPS)
@@ -95,7 +74,7 @@ def test_ambient_raise():
         caps.apply(want)
         return caps.current()
 
-    got = _in_child(child)
+    got = in_child(child)
     assert got["CapAmb"] == _mask(["CAP_KILL"])
     assert got["CapInh"] == _mask(["CAP_KILL"])
 
@@ -118,7 +97,7 @@ def test_dropped_sys_time_makes_clock_settime_fail_eperm():
         res = libc.clock_settime(0, ctypes.byref(now))  # CLOCK_REALTIME; refused before it changes
         return [res, ctypes.get_errno(), caps.current()["CapBnd"] >> caps.CAPS["CAP_SYS_TIME"] & 1]
 
-    res, err, bnd = _in_child(child)
+    res, err, bnd = in_child(child)
     assert (res, err, bnd) == (-1, 1, 0)
 
 
@@ -135,5 +114,5 @@ def test_ambient_without_inheritable_is_refused_before_anything_changes():
             return [str(exc), caps.current() == before]
         return ["no error", False]
 
-    message, unchanged = _in_child(child)
+    message, unchanged = in_child(child)
     assert "ambient" in message and unchanged

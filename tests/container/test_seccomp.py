@@ -4,37 +4,17 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 
 import pytest
 
+from tests.container.forked import in_child
 from virtkit.container import seccomp
 from virtkit.core.errors import InvalidArgument
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading without no_new_privs needs CAP_SYS_ADMIN")
 
 
-def _in_child(fn):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = {"ok": fn()}
-        except BaseException as exc:  # noqa: BLE001 - the child must never return into pytest
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    result = json.loads(data)
-    assert "error" not in result, result.get("error")
-    return result["ok"]
 
 
 @pytest.mark.parametrize("profile, needle", [
@@ -99,7 +79,7 @@ def test_default_profile_blocks_and_allows():
         out["fork_exec"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         return out
 
-    got = _in_child(child)
+    got = in_child(child)
     for name in ("mount", "clock_settime", "unshare_user", "kexec_load", "init_module", "clone_newuser"):
         assert got[name] == errno.EPERM, (name, got)
     assert got["read"] and got["getpid"] and got["fork_exec"] == 0
@@ -119,7 +99,7 @@ def test_custom_profile_errno_ret():
             return exc.errno
         return 0
 
-    assert _in_child(child) == errno.ENOSYS
+    assert in_child(child) == errno.ENOSYS
 
 
 @pytest.mark.root
@@ -133,7 +113,7 @@ def test_arg_conditions_on_one_syscall():
         bad = libc.personality(ctypes.c_ulong(0x0040000))  # ADDR_NO_RANDOMIZE
         return [query >= 0, bad, ctypes.get_errno()]
 
-    assert _in_child(child) == [True, -1, errno.EPERM]
+    assert in_child(child) == [True, -1, errno.EPERM]
 
 
 BUSYBOX = "/usr/bin/busybox"

@@ -18,15 +18,25 @@ pytestmark = pytest.mark.root
 HERE = os.path.dirname(__file__)
 
 
-@pytest.fixture(scope="module")
-def attacker(tmp_path_factory: pytest.TempPathFactory) -> str:
+def _static_program(tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    """Build tests/e2e/data/NAME.c as a static binary; the folder holding it is mounted into containers."""
     if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the attacker program (scripts/setup.sh installs it)")
-    out = tmp_path_factory.mktemp("attacker")
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out / "attacker"), os.path.join(HERE, "data", "attacker.c")],
+        pytest.skip("needs gcc to build the probe programs (scripts/setup.sh installs it)")
+    out = tmp_path_factory.mktemp(name)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out / name), os.path.join(HERE, "data", f"{name}.c")],
                    check=True)
     os.chmod(out, 0o755)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def attacker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _static_program(tmp_path_factory, "attacker")
+
+
+@pytest.fixture(scope="module")
+def privs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _static_program(tmp_path_factory, "privs")
 
 
 def _sha256(path: str) -> str:
@@ -85,17 +95,6 @@ def test_device_nodes_made_with_mknod_stay_unusable(vk_home, client):
            "mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo MEM); echo done")
     out = r.stdout.decode()
     assert "done" in out and "READ" not in out and "MEM" not in out, out
-
-
-@pytest.fixture(scope="module")
-def privs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the probe program (scripts/setup.sh installs it)")
-    out = tmp_path_factory.mktemp("privs")
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out / "privs"), os.path.join(HERE, "data", "privs.c")],
-                   check=True)
-    os.chmod(out, 0o755)
-    return str(out)
 
 
 def _probe(vk_home: str, privs: str, *flags: str) -> dict[str, str]:
