@@ -66,3 +66,110 @@ class Sentinel:
 
     def snapshot(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(self.dir.iterdir())}
+
+
+# -- image archives built by hand: OCI layouts and docker-archives ------------------------------------
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_bytes(entries: list[E], gz: bool = False) -> bytes:
+    """One layer tar (gzip-compressed with `gz`) in memory."""
+    import gzip
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".tar") as f:
+        make_tar(Path(f.name), entries)
+        data = Path(f.name).read_bytes()
+    return gzip.compress(data, mtime=0) if gz else data
+
+
+def image_config(layers: list[bytes], gz: bool, cmd: list[str] | None = None) -> dict:
+    import gzip
+
+    diff_ids = [_sha(gzip.decompress(b) if gz else b) for b in layers]
+    return {"architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+            "config": {"Cmd": cmd or ["sh"], "Env": ["PATH=/usr/bin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+
+
+def write_oci_layout(root: Path, images: dict[str | None, list[list[E]]], gz: bool = True,
+                     config_extra: dict | None = None) -> dict[str | None, dict]:
+    """An OCI image layout at `root` with one manifest per (ref name -> layers); returns name -> digests."""
+    import json
+
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def put(data: bytes) -> str:
+        d = _sha(data)
+        (blobs / d[7:]).write_bytes(data)
+        return d
+
+    out: dict[str | None, dict] = {}
+    manifests = []
+    for ref, layer_specs in images.items():
+        layers = [layer_bytes(spec, gz) for spec in layer_specs]
+        cfg = image_config(layers, gz)
+        cfg.update(config_extra or {})
+        cfg_raw = json.dumps(cfg).encode()
+        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else "")
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(cfg_raw),
+                               "size": len(cfg_raw)},
+                    "layers": [{"mediaType": media, "digest": put(b), "size": len(b)} for b in layers]}
+        raw = json.dumps(manifest, indent=1).encode()
+        desc = {"mediaType": manifest["mediaType"], "digest": put(raw), "size": len(raw)}
+        if ref is not None:
+            desc["annotations"] = {"org.opencontainers.image.ref.name": ref}
+        manifests.append(desc)
+        out[ref] = {"manifest": desc["digest"], "config": manifest["config"]["digest"],
+                    "layers": [lay["digest"] for lay in manifest["layers"]], "diff_ids": cfg["rootfs"]["diff_ids"]}
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
+    return out
+
+
+def write_docker_archive(path: Path, layer_specs: list[list[E]], tags: list[str], gz: bool = False,
+                         extra: list[tuple[str, bytes]] = ()) -> dict:
+    """A docker-archive tar (`docker save` / `podman save` shape); returns its config digest and diff_ids."""
+    import io as _io
+    import json
+
+    layers = [layer_bytes(spec, gz) for spec in layer_specs]
+    cfg = image_config(layers, gz)
+    cfg_raw = json.dumps(cfg).encode()
+    cfg_digest = _sha(cfg_raw)
+    names = [f"{i:02d}/layer.tar" + (".gz" if gz else "") for i in range(len(layers))]
+    files = [(f"{cfg_digest[7:]}.json", cfg_raw), *zip(names, layers, strict=True),
+             ("manifest.json", json.dumps([{"Config": f"{cfg_digest[7:]}.json", "RepoTags": tags,
+                                             "Layers": names}]).encode()), *extra]
+    with tarfile.open(path, "w") as tf:
+        for n, data in files:
+            ti = tarfile.TarInfo(n)
+            ti.size = len(data)
+            tf.addfile(ti, _io.BytesIO(data))
+    return {"config": cfg_digest, "diff_ids": cfg["rootfs"]["diff_ids"]}
+
+
+def tar_dir(src: Path, dest: Path) -> Path:
+    """`src`'s content as a tar at `dest` (names relative to `src`)."""
+    with tarfile.open(dest, "w") as tf:
+        for p in sorted(src.rglob("*")):
+            tf.add(p, arcname=str(p.relative_to(src)), recursive=False)
+    return dest
+
+
+# A three-layer image with what real images hold: whiteouts, an opaque dir, hardlinks, symlinks, xattrs.
+RICH_LAYERS: list[list[E]] = [
+    [E("dir", "etc"), E("file", "etc/hello", b"hello from layer 0\n"), E("dir", "opt"),
+     E("file", "opt/old", b"gone after opaque\n"), E("file", "etc/removed", b"whited out\n"),
+     E("dir", "bin"), E("file", "bin/tool", b"#!/bin/sh\necho tool\n", mode=0o755)],
+    [E("file", "etc/.wh.removed"), E("dir", "opt"), E("file", "opt/.wh..wh..opq"), E("file", "opt/new", b"new\n"),
+     E("file", "etc/data", b"payload\n", xattrs={"user.virtkit": "tagged"}),
+     E("hardlink", "etc/data-link", link="etc/data"), E("symlink", "etc/hello-link", link="hello")],
+    [E("file", "etc/hello", b"hello from layer 2\n", mode=0o600, uid=1000, gid=1000)],
+]

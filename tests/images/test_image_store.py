@@ -112,9 +112,9 @@ def test_layers_are_unpacked_once_and_shared(store: ImageStore, tar_factory, mon
     calls: list[Path] = []
     real = unpack_mod.unpack_layer_report
 
-    def counting(tar, dest, lower_layers=()):
+    def counting(tar, dest, lower_layers=(), **kw):
         calls.append(Path(dest))
-        return real(tar, dest, lower_layers)
+        return real(tar, dest, lower_layers, **kw)
 
     monkeypatch.setattr(unpack_mod, "unpack_layer_report", counting)
     pa = store.layer_paths("a")
@@ -159,15 +159,23 @@ def test_remove_collects_only_unreferenced_content(store: ImageStore, tar_factor
     assert _blob_names(store) == set() and list(store.layers_dir.iterdir()) == []
 
 
-def test_add_replaces_a_ref_and_collects_the_old_image(store: ImageStore, tar_factory) -> None:
+def test_add_replaces_a_ref_and_prune_collects_the_old_image(store: ImageStore, tar_factory) -> None:
     old = store.add_image("x:1", [tar_factory([E("file", "v", b"1")])], CONFIG)
-    store.layer_paths("x:1")
+    old_layer = store.layer_paths("x:1")[0]
     new = store.add_image("x:1", [tar_factory([E("file", "v", b"2")])], CONFIG)
     assert new.digest != old.digest
     assert [i.digest for i in store.list()] == [new.digest]
+    # A stopped instance made from the old x:1 still has its layers as lowerdirs: kept until prune says so.
+    assert old.digest.removeprefix("sha256:") in _blob_names(store) and old_layer.is_dir()
+    freed = store.prune(in_use={"x:1"})
+    assert freed["images"] == [] and old_layer.is_dir()
+    freed = store.prune(in_use=set())
+    assert freed["images"] == [old.digest] and freed["blobs"] == 3 and freed["layers"] == 1
+    assert freed["bytes"] > 0
     assert old.digest.removeprefix("sha256:") not in _blob_names(store)
     assert _layer_dirs(store) == set()
     assert (store.layer_paths("x:1")[0] / "v").read_bytes() == b"2"
+    assert store.prune()["blobs"] == 0
 
 
 def test_unsafe_layer_leaves_no_layer_dir(store: ImageStore, tar_factory, sentinel) -> None:
@@ -216,3 +224,18 @@ def test_concurrent_writers_lose_no_ref(store: ImageStore, tar_factory) -> None:
     assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
     assert [i.name for i in store.list()] == [f"img{i}:latest" for i in range(6)]
     assert [p.name for p in store.tmp.iterdir()] == []
+
+
+def test_layers_unpacked_together_still_refuse_writing_through_a_lower_symlink(store: ImageStore, tar_factory,
+                                                                               sentinel) -> None:
+    lower = tar_factory([E("file", "ok", b"fine"), E("symlink", "etc", link=str(sentinel.dir))])
+    middle = tar_factory([E("file", "m", b"m")])
+    upper = tar_factory([E("file", "etc/pwned", b"x")])      # names etc/ only implicitly
+    store.add_image("bad", [lower, middle, upper], CONFIG)
+    with pytest.raises(UnsafeArchive, match="'etc' is a symlink in a lower layer"):
+        store.layer_paths("bad")
+    assert _layer_dirs(store) == set()       # none of the three lands, though all were unpacked
+    assert list(store.layers_dir.iterdir()) == []
+    # The same upper layer over a safe lower is fine, and shares nothing it should not.
+    store.add_image("good", [tar_factory([E("dir", "etc")]), upper], CONFIG)
+    assert (store.layer_paths("good")[1] / "etc/pwned").read_bytes() == b"x"

@@ -1,8 +1,9 @@
-"""Small filesystem helpers of the image store: atomic writes and crash-leftover temp names."""
+"""Small filesystem helpers of the image store: atomic writes, crash-leftover temp names, overlay lowerdirs."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,41 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, dirs, files in os.walk(path):
+        for n in dirs + files:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def overlay_lowerdirs() -> set[str]:
+    """Directories used as overlay lowerdirs by mounts visible to this process."""
+    dirs: set[str] = set()
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                if " - overlay " not in line:
+                    continue
+                for opt in line.rsplit(" ", 1)[-1].strip().split(","):
+                    key, _, value = opt.partition("=")
+                    if key == "lowerdir":
+                        paths = value.split(":")
+                    elif key in ("lowerdir+", "datadir+"):
+                        paths = [value]
+                    else:
+                        continue
+                    dirs.update(os.path.realpath(_unescape_mountinfo(p)) for p in paths if p)
+    except OSError:
+        pass
+    return dirs
+
+
+def _unescape_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+

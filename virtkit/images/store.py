@@ -16,14 +16,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.core.errors import IntegrityError, InvalidArgument, NotFound, SystemFailure
 
-from ._fsutil import atomic_write, clean_stale_temps, fsync_dir, new_temp_name
+from ._fsutil import atomic_write, clean_stale_temps, fsync_dir, new_temp_name, overlay_lowerdirs, tree_size
 
 __all__ = [
     "MEDIA_CONFIG",
@@ -42,6 +42,9 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+# An index entry whose name was taken by a newer image keeps its old name here: stopped instances may still
+# use its layers, so only prune (which knows the names instances use) drops it.
+FORMER_REF_ANNOTATION = "io.virtkit.image.former-ref"
 
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
@@ -109,9 +112,17 @@ class ImageStore:
                         self._write_index([])
         except OSError as exc:
             raise SystemFailure(f"image store at {self.root}: cannot initialise: {exc}") from exc
-        # Leftovers of crashed writers/unpackers (their pid is gone) are never visible; drop them.
+        # Leftovers of crashed writers/unpackers (their pid is gone) are never visible; drop them, and the
+        # blobs a crashed commit moved in before its name landed (unless another writer is busy right now).
         clean_stale_temps(self.tmp)
         clean_stale_temps(self.layers_dir)
+        try:
+            with self._locked(blocking=False):
+                self._gc()
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass  # a read-only store: its leftovers stay invisible
 
     # -- queries ------------------------------------------------------------------------------------
 
@@ -191,13 +202,73 @@ class ImageStore:
             manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": cfg_desc,
                         "layers": layer_descs}
             man_desc = self._put_blob(_canonical_json(manifest), MEDIA_MANIFEST)
-            man_desc["annotations"] = {REF_ANNOTATION: ref}
             man_desc["platform"] = {"architecture": cfg["architecture"], "os": cfg["os"]}
-            entries = [d for d in self._read_index() if self._ref_of(d) != ref]
-            entries.append(man_desc)
-            self._write_index(entries)
+            self._write_index(_place_ref(self._read_index(), ref, man_desc))
             self._gc()
         return self.get(ref)
+
+    def commit(self, name: str, manifest_desc: dict, staged: dict[str, Path]) -> ImageInfo:
+        """Move staged, already verified blobs (hex -> file under tmp/) into place, then name the manifest.
+
+        Blobs land first and the index last, atomically, all under the lock: garbage collection never sees a
+        blob before its image, and a crash in between leaves only unreferenced blobs that the next gc drops.
+        """
+        ref = normalize_name(name)
+        with self._locked():
+            for hexd, path in staged.items():
+                os.rename(path, self.blobs / hexd)   # replaces a same-digest (perhaps corrupt) copy
+            fsync_dir(self.blobs)
+            desc = {k: v for k, v in manifest_desc.items() if k != "annotations"}
+            self._check_complete(desc["digest"])
+            self._write_index(_place_ref(self._read_index(), ref, desc))
+            self._gc()
+        return self.get(ref)
+
+    def tag(self, name: str, manifest_digest: str) -> ImageInfo | None:
+        """Name an image whose blobs are all in the store already; None when some are gone (collected)."""
+        ref = normalize_name(name)
+        with self._locked():
+            try:
+                manifest = self._check_complete(manifest_digest)
+            except (NotFound, IntegrityError):
+                return None
+            config = json.loads(self.read_blob(manifest["config"]["digest"]))
+            desc = {"mediaType": manifest.get("mediaType", MEDIA_MANIFEST), "digest": manifest_digest,
+                    "size": (self.blobs / _hex_of(manifest_digest)).stat().st_size,
+                    "platform": {"architecture": config.get("architecture", "amd64"),
+                                 "os": config.get("os", "linux")}}
+            self._write_index(_place_ref(self._read_index(), ref, desc))
+        return self.get(ref)
+
+    def prune(self, in_use: Iterable[str] = ()) -> dict:
+        """Drop images replaced under their name that no instance uses (by name), then every blob and
+        unpacked layer no image references. Returns what was freed."""
+        keep: builtins.set[str] = set()
+        for n in in_use:
+            try:
+                keep.add(normalize_name(n))
+            except InvalidArgument:
+                continue
+        with self._locked():
+            entries = self._read_index()
+            dropped = [d for d in entries if self._ref_of(d) is None
+                       and (d.get("annotations") or {}).get(FORMER_REF_ANNOTATION) not in keep]
+            if dropped:
+                self._write_index([d for d in entries if d not in dropped])
+            freed = self._gc()
+        clean_stale_temps(self.tmp)
+        clean_stale_temps(self.layers_dir)
+        freed["images"] = [d["digest"] for d in dropped]
+        return freed
+
+    def _check_complete(self, manifest_digest: str) -> dict:
+        """The manifest, after checking that it and every blob it names are present (config verified)."""
+        manifest = json.loads(self.read_blob(manifest_digest))
+        self.read_blob(manifest["config"]["digest"])
+        for layer in manifest.get("layers", []):
+            if not (self.blobs / _hex_of(layer["digest"])).is_file():
+                raise NotFound(f"blob {layer['digest']} not found in the image store")
+        return dict(manifest)
 
     def remove(self, name: str) -> None:
         ref = normalize_name(name)
@@ -210,53 +281,57 @@ class ImageStore:
             self._gc()
 
     def layer_paths(self, name: str) -> builtins.list[Path]:
+        """The unpacked layer dirs of image `name`, lowest first, unpacking (in parallel) those not yet there.
+
+        New layers are unpacked into temp dirs, each verified against its blob digest and diff_id in the same
+        pass; then, in order, the paths each layer used without naming them are checked against the layers
+        below (no writing through a lower symlink), and only then do the new dirs take their names.
+        """
+        from ._layers import place_layer, unpack_layers
+        from .unpack import check_implicit_parents
+
         info = self.get(name)
         manifest = json.loads(self.read_blob(info.digest))
         descs = manifest.get("layers", [])
         if len(descs) != len(info.layers):
             raise IntegrityError(f"image {info.name}: manifest has {len(descs)} layers but config lists "
                                  f"{len(info.layers)} diff_ids")
-        paths: builtins.list[Path] = []
-        for desc, diff_id in zip(descs, info.layers, strict=True):
-            hexd = _hex_of(diff_id)
-            dest = self.layers_dir / hexd
-            sidecar = self.layers_dir / f"{hexd}{_IMPLICIT_SUFFIX}"
-            if dest.is_dir():
-                # Unpacked once, maybe over other lower layers: re-check the few paths this layer
-                # did not name itself against this image's lowers.
-                if paths and sidecar.exists():
-                    from .unpack import check_implicit_parents
-
-                    check_implicit_parents(json.loads(sidecar.read_bytes()), paths, diff_id)
-            else:
-                from .unpack import unpack_layer_report  # tarfile stays off the path of unpacked images
-
-                blob = self.verify_blob_file(desc["digest"])
-                tmp = self.layers_dir / new_temp_name()
-                implicit = unpack_layer_report(blob, tmp, paths)
-                try:
-                    if implicit:
-                        atomic_write(sidecar, json.dumps(implicit).encode(), self.tmp)
-                    os.rename(tmp, dest)
-                except OSError:
-                    # Another process unpacked the same layer first; theirs is identical.
+        dests = [self.layers_dir / _hex_of(d) for d in info.layers]
+        todo = [(i, desc["digest"], diff_id) for i, (desc, diff_id) in enumerate(zip(descs, info.layers, strict=True))
+                if not dests[i].is_dir()]
+        staged = unpack_layers(self, todo) if todo else {}
+        try:
+            view: builtins.list[Path] = []
+            for i, diff_id in enumerate(info.layers):
+                if i in staged:
+                    tmp, implicit = staged[i]
+                    if view and implicit:
+                        check_implicit_parents(implicit, view, diff_id)
+                    view.append(tmp)
+                    continue
+                # Unpacked once, maybe over other lower layers: re-check the few paths this layer did not
+                # name itself against this image's lowers.
+                sidecar = self.layers_dir / f"{dests[i].name}{_IMPLICIT_SUFFIX}"
+                if view and sidecar.exists():
+                    check_implicit_parents(json.loads(sidecar.read_bytes()), view, diff_id)
+                view.append(dests[i])
+            for i, (tmp, implicit) in sorted(staged.items()):
+                place_layer(self, tmp, dests[i], implicit)
+        finally:
+            for tmp, _ in staged.values():
+                if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
-                    if not dest.is_dir():
-                        raise
-                else:
-                    fsync_dir(self.layers_dir)
-            paths.append(dest)
-        return paths
+        return dests
 
     # -- internals ----------------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, blocking: bool = True) -> Iterator[None]:
         import fcntl
 
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
             yield
         finally:
             os.close(fd)
@@ -347,8 +422,10 @@ class ImageStore:
         desc = {"mediaType": MEDIA_LAYER_GZIP, "digest": f"sha256:{gz_hash.hexdigest()}", "size": size}
         return desc, f"sha256:{raw_hash.hexdigest()}"
 
-    def _gc(self) -> None:
-        """Drop blobs and unpacked layers no image references any more. Caller holds the lock."""
+    def _gc(self) -> dict:
+        """Drop blobs and unpacked layers no image references any more; return counts and bytes freed.
+        Caller holds the lock."""
+        freed = {"blobs": 0, "layers": 0, "bytes": 0}
         keep_blobs: set[str] = set()
         keep_layers: set[str] = set()
         for desc in self._read_index():
@@ -361,11 +438,13 @@ class ImageStore:
                 keep_layers.update(_hex_of(d) for d in config.get("rootfs", {}).get("diff_ids", []))
             except (NotFound, IntegrityError, KeyError, ValueError):
                 # A damaged image must not make us delete what might still be its content.
-                return
+                return freed
         for entry in os.scandir(self.blobs):
             if entry.name not in keep_blobs and _DIGEST_RE.match("sha256:" + entry.name):
+                freed["bytes"] += entry.stat(follow_symlinks=False).st_size
+                freed["blobs"] += 1
                 os.unlink(entry.path)
-        in_use = _overlay_lowerdirs()
+        in_use = overlay_lowerdirs()
         for entry in os.scandir(self.layers_dir):
             if entry.name.endswith(_IMPLICIT_SUFFIX):
                 if entry.name.removesuffix(_IMPLICIT_SUFFIX) not in keep_layers:
@@ -378,31 +457,21 @@ class ImageStore:
             # Rename first so the layer vanishes atomically, then delete at leisure.
             trash = self.layers_dir / new_temp_name()
             os.rename(entry.path, trash)
+            freed["bytes"] += tree_size(trash)
+            freed["layers"] += 1
             shutil.rmtree(trash, ignore_errors=True)
+        return freed
 
 
-def _overlay_lowerdirs() -> set[str]:
-    """Directories used as overlay lowerdirs by mounts visible to this process."""
-    dirs: set[str] = set()
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                if " - overlay " not in line:
-                    continue
-                for opt in line.rsplit(" ", 1)[-1].strip().split(","):
-                    key, _, value = opt.partition("=")
-                    if key == "lowerdir":
-                        paths = value.split(":")
-                    elif key in ("lowerdir+", "datadir+"):
-                        paths = [value]
-                    else:
-                        continue
-                    dirs.update(os.path.realpath(_unescape_mountinfo(p)) for p in paths if p)
-    except OSError:
-        pass
-    return dirs
-
-
-def _unescape_mountinfo(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
+def _place_ref(entries: list[dict], ref: str, desc: dict) -> list[dict]:
+    """`entries` with `desc` named `ref`; an image that held the name before stays, unnamed, for prune."""
+    desc = {**desc, "annotations": {REF_ANNOTATION: ref}}
+    out = []
+    for d in entries:
+        if ImageStore._ref_of(d) == ref:
+            if d["digest"] != desc["digest"]:
+                out.append({**d, "annotations": {FORMER_REF_ANNOTATION: ref}})
+        elif ImageStore._ref_of(d) is not None or d["digest"] != desc["digest"]:
+            out.append(d)   # another name, or an unnamed entry of other content
+    out.append(desc)
+    return out

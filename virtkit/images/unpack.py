@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from virtkit.core.errors import InvalidArgument, SystemFailure, UnsafeArchive
+from virtkit.core.errors import IntegrityError, InvalidArgument, SystemFailure, UnsafeArchive
+
+from ._digestio import LayerReader
 
 __all__ = ["OPAQUE_MARKER", "OPAQUE_XATTR", "WHITEOUT_PREFIX", "check_implicit_parents", "unpack_layer",
            "unpack_layer_report"]
@@ -45,11 +47,14 @@ def unpack_layer(tar_path: str | Path, dest: str | Path, lower_layers: Sequence[
     unpack_layer_report(tar_path, dest, lower_layers)
 
 
-def unpack_layer_report(tar_path: str | Path, dest: str | Path, lower_layers: Sequence[Path] = ()) -> list[str]:
+def unpack_layer_report(tar_path: str | Path, dest: str | Path, lower_layers: Sequence[Path] = (),
+                        expect: tuple[str, str] | None = None) -> list[str]:
     """unpack_layer, returning the parent directories the layer used without naming them itself.
 
     Those are the only paths through which a *different* stack of lower layers could make this layer
     write through a symlink; check_implicit_parents re-checks them when the unpacked layer is reused.
+    `expect` = (blob digest, diff_id): both are checked in the same pass that unpacks (IntegrityError, and
+    nothing left in `dest`, when either differs).
     """
     dest = Path(dest)
     try:
@@ -59,7 +64,7 @@ def unpack_layer_report(tar_path: str | Path, dest: str | Path, lower_layers: Se
             raise InvalidArgument(f"dest: {dest} must be a new or empty directory") from None
     unpacker = _Unpacker(dest, [Path(p) for p in lower_layers])
     try:
-        unpacker.run(Path(tar_path))
+        unpacker.run(Path(tar_path), expect)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -109,13 +114,19 @@ class _Unpacker:
         # Directory mtimes are applied last: adding children would change them again.
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
         self.root_fd = -1
+        self.chain: list[tuple[str, int]] = []
 
-    def run(self, tar_path: Path) -> None:
+    def run(self, tar_path: Path, expect: tuple[str, str] | None = None) -> None:
         self.root_fd = os.open(self.dest, _DIR_FLAGS)
+        reader: LayerReader | None = None
         try:
             try:
-                tf = tarfile.open(tar_path, mode="r|*")  # noqa: SIM115 - closed by the with below
-            except (tarfile.TarError, OSError) as exc:
+                if expect is None:
+                    tf = tarfile.open(tar_path, mode="r|*")  # noqa: SIM115 - closed by the with below
+                else:
+                    reader = LayerReader(tar_path, what=f"layer {expect[0]}")
+                    tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+            except (tarfile.TarError, OSError, zlib.error) as exc:
                 raise InvalidArgument(f"layer {tar_path}: not a readable tar archive: {exc}") from exc
             with tf:
                 member: tarfile.TarInfo | None = None
@@ -127,49 +138,73 @@ class _Unpacker:
                 except OSError as exc:
                     where = f"entry {member.name!r}" if member is not None else f"layer {tar_path}"
                     raise SystemFailure(f"{where}: {exc}") from exc
+            if reader is not None and expect is not None:
+                reader.drain()
+                if reader.digest != expect[0]:
+                    raise IntegrityError(f"blob {expect[0]} is corrupt: its content hashes to {reader.digest}")
+                if reader.diff_id != expect[1]:
+                    raise IntegrityError(f"layer {expect[0]}: its tar hashes to {reader.diff_id}, but the image"
+                                         f" config says its diff_id is {expect[1]}")
             self._apply_dir_times()
         finally:
+            self._forget_chain()
             os.close(self.root_fd)
+            if reader is not None:
+                reader.close()
 
     # -- path walking -------------------------------------------------------------------------------
 
     def _open_parent(self, name: str, parts: list[str], create: bool = True) -> int:
-        """Return an fd of the directory that will hold parts[-1], walking without following symlinks."""
-        fd = os.dup(self.root_fd)
-        try:
-            for i, comp in enumerate(parts[:-1]):
-                prefix = tuple(parts[: i + 1])
-                st = _lstat_at(fd, comp)
-                if st is not None and stat.S_ISLNK(st.st_mode):
-                    raise UnsafeArchive(
-                        f"entry {name!r}: parent {'/'.join(prefix)!r} is a symlink in this layer;"
-                        " writing through it is refused")
-                if prefix not in self.explicit_dirs and not self._under_opaque(prefix):
-                    self.implicit_parents.add(prefix)
-                    self._check_lowers(name, prefix)
-                if st is None:
-                    if not create:
-                        raise UnsafeArchive(f"entry {name!r}: {'/'.join(prefix)!r} does not exist")
-                    os.mkdir(comp, 0o755, dir_fd=fd)
-                elif not stat.S_ISDIR(st.st_mode):
-                    if not create:
-                        raise UnsafeArchive(f"entry {name!r}: {'/'.join(prefix)!r} is not a directory")
-                    # Tar semantics: a later entry replaces an earlier non-directory on its path.
-                    os.unlink(comp, dir_fd=fd)
-                    os.mkdir(comp, 0o755, dir_fd=fd)
-                try:
-                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise UnsafeArchive(f"entry {name!r}: parent {'/'.join(prefix)!r} changed under us")\
-                            from exc
-                    raise
-                os.close(fd)
-                fd = nfd
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        """Return an fd (the caller's to close) of the directory that will hold parts[-1], walking without
+        following symlinks.
+
+        The directories of the last walk stay open (self.chain): entries come sorted, so the next one mostly
+        shares its parents and only the new components are checked and opened. Anything that removes a path
+        from the tree drops the chain (_forget_chain) first.
+        """
+        parents = parts[:-1]
+        k = 0
+        while k < len(self.chain) and k < len(parents) and self.chain[k][0] == parents[k]:
+            k += 1
+        for _, cfd in self.chain[k:]:
+            os.close(cfd)
+        del self.chain[k:]
+        fd = self.chain[-1][1] if self.chain else self.root_fd
+        for i in range(k, len(parents)):
+            comp = parents[i]
+            prefix = tuple(parents[: i + 1])
+            st = _lstat_at(fd, comp)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise UnsafeArchive(
+                    f"entry {name!r}: parent {'/'.join(prefix)!r} is a symlink in this layer;"
+                    " writing through it is refused")
+            if prefix not in self.explicit_dirs and not self._under_opaque(prefix):
+                self.implicit_parents.add(prefix)
+                self._check_lowers(name, prefix)
+            if st is None:
+                if not create:
+                    raise UnsafeArchive(f"entry {name!r}: {'/'.join(prefix)!r} does not exist")
+                os.mkdir(comp, 0o755, dir_fd=fd)
+            elif not stat.S_ISDIR(st.st_mode):
+                if not create:
+                    raise UnsafeArchive(f"entry {name!r}: {'/'.join(prefix)!r} is not a directory")
+                # Tar semantics: a later entry replaces an earlier non-directory on its path.
+                os.unlink(comp, dir_fd=fd)
+                os.mkdir(comp, 0o755, dir_fd=fd)
+            try:
+                fd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeArchive(f"entry {name!r}: parent {'/'.join(prefix)!r} changed under us")\
+                        from exc
+                raise
+            self.chain.append((comp, fd))
+        return os.dup(fd)
+
+    def _forget_chain(self) -> None:
+        for _, cfd in self.chain:
+            os.close(cfd)
+        self.chain = []
 
     def _under_opaque(self, prefix: tuple[str, ...]) -> bool:
         return any(prefix[:i] in self.opaque_dirs for i in range(len(prefix)))
@@ -309,8 +344,8 @@ class _Unpacker:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _remove_at(dir_fd: int, base: str, st: os.stat_result) -> None:
+    def _remove_at(self, dir_fd: int, base: str, st: os.stat_result) -> None:
+        self._forget_chain()   # `base` may be one of the chain's directories
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(base, dir_fd=dir_fd)
         else:
