@@ -107,6 +107,6 @@ def write_bundle(instance_dir: str, hostname: str, config: dict[str, Any]) -> st
     bundle = os.path.join(instance_dir, "bundle")
     tmp = os.path.join(bundle, "config.json.tmp")
     with open(tmp, "w") as f:
-        json.dump(config, f, indent=1)
+        f.write(json.dumps(config))   # the C encoder: json.dump with an indent encodes in Python, ~1.5 ms here
     os.rename(tmp, os.path.join(bundle, "config.json"))
     return bundle

@@ -11,11 +11,11 @@ import os
 import sys
 import time
 
+from virtkit.core.errors import InvalidArgument, Unsupported, VirtkitError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from typing import Any, NoReturn
-
-from virtkit.core.errors import InvalidArgument, Unsupported, VirtkitError
 
 VERSION = "0.1.0"
 USAGE = """usage: virtkit-runtime [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND [ARGS]

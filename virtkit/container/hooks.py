@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
+from virtkit.core.errors import SystemFailure
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from typing import Any
-
-from virtkit.core.errors import SystemFailure
 
 
 def run_hooks(hooks: list[dict[str, Any]] | None, state: dict[str, Any], kind: str, *,

@@ -13,15 +13,15 @@ import signal
 import socket
 import struct
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
-    from typing import Any, NoReturn
-
 from virtkit.container import caps as capsmod
 from virtkit.container import console, hooks, rootfs
 from virtkit.container import namespaces as ns
 from virtkit.container import syscalls as sc
 from virtkit.core.errors import SystemFailure, VirtkitError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
+    from typing import Any, NoReturn
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914

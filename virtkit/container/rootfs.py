@@ -12,13 +12,13 @@ import json
 import os
 import stat
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
-    from typing import Any
-
 from virtkit.container import syscalls as sc
 from virtkit.container.devices import DEFAULT_DEVICES
 from virtkit.core.errors import InvalidArgument, SystemFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
+    from typing import Any
 
 OVERLAY_ANNOTATION = "org.virtkit.rootfs.overlay"
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS

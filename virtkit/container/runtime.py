@@ -14,13 +14,13 @@ import signal
 import socket
 import time
 
+from virtkit.container import state as st
+from virtkit.core import errors as E
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from collections.abc import Callable
     from typing import Any
-
-from virtkit.container import state as st
-from virtkit.core import errors as E
 
 DEFAULT_ROOT = "/run/virtkit-runtime"
 OCI_VERSION = "1.2.0"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 
+from virtkit.core.errors import InvalidArgument, NotFound
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from typing import Any
-
-from virtkit.core.errors import InvalidArgument, NotFound
 
 OCI_VERSION = "1.2.0"
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
@@ -237,7 +237,7 @@ def _validate_mappings(maps: Any, f: str) -> None:
         _need(m["containerID"] + m["size"] <= 2**32 and m["hostID"] + m["size"] <= 2**32, mf,
               "range exceeds 32 bits")
     ranges = sorted((m["containerID"], m["containerID"] + m["size"]) for m in maps)
-    for (a0, a1), (b0, _b1) in zip(ranges, ranges[1:]):
+    for (_a0, a1), (b0, _b1) in zip(ranges, ranges[1:], strict=False):
         _need(b0 >= a1, f, "container ID ranges overlap")
 
 

@@ -6,11 +6,11 @@ import json
 import os
 import re
 
+from virtkit.core.errors import AlreadyExists, InvalidArgument, NotFound
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from typing import Any
-
-from virtkit.core.errors import AlreadyExists, InvalidArgument, NotFound
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 STATE_FILE = "state.json"
@@ -68,7 +68,7 @@ class StateDir:
     def save(self, data: dict[str, Any]) -> None:
         tmp = f"{self.file}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump(data, f)
+            f.write(json.dumps(data))   # dumps uses the C encoder; dump(fp) iterates in Python
         os.rename(tmp, self.file)
 
     def remove(self) -> None:

@@ -37,7 +37,7 @@ def _write_atomic(path: str, data: dict[str, Any]) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     # rename makes it atomic for readers; no fsync: after a host crash the container is gone with the record
     with open(tmp, "w") as f:
-        json.dump(data, f)
+        f.write(json.dumps(data))
     os.rename(tmp, path)
 
 

@@ -25,29 +25,42 @@ CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer
 _UNLIMITED_FLOOR = 1 << 62
 
 
+_DISCOVERED: dict[str, tuple[dict[str, str], list[str]]] = {}
+
+
+def _discover(root: str) -> tuple[dict[str, str], list[str]]:
+    """Controller -> hierarchy dir, and one dir per distinct tree; looked up once per process (a start asks
+    for it a dozen times, and resolving the co-mount links each time cost ~2 ms)."""
+    found = _DISCOVERED.get(root)
+    if found is None:
+        hierarchies: dict[str, str] = {}
+        trees: list[str] = []
+        seen: set[str] = set()
+        for ctrl in CONTROLLERS:
+            base = os.path.join(root, ctrl)
+            if os.path.isdir(base):
+                hierarchies[ctrl] = base
+                real = os.path.realpath(base)
+                if real not in seen:
+                    seen.add(real)
+                    trees.append(base)
+        found = _DISCOVERED[root] = (hierarchies, trees)
+    return found
+
+
 class V1Manager(CgroupManager):
     version = 1
 
     def __init__(self, path: str, root: str) -> None:
         super().__init__(path, root)
-        self._hierarchies: dict[str, str] = {}
-        for ctrl in CONTROLLERS:
-            base = os.path.join(self.root, ctrl)
-            if os.path.isdir(base):
-                self._hierarchies[ctrl] = base
+        self._hierarchies, self._trees = _discover(self.root)
 
     def v1_paths(self) -> dict[str, str]:
         return {ctrl: base + self.path for ctrl, base in self._hierarchies.items()}
 
     def _unique_dirs(self) -> list[tuple[str, str]]:
         """(hierarchy root, our dir) once per tree: co-mounted controllers ("cpu,cpuacct") share one."""
-        out, seen = [], set()
-        for base in self._hierarchies.values():
-            real = os.path.realpath(base)
-            if real not in seen:
-                seen.add(real)
-                out.append((base, base + self.path))
-        return out
+        return [(base, base + self.path) for base in self._trees]
 
     def _dir(self, ctrl: str) -> str | None:
         base = self._hierarchies.get(ctrl)
