@@ -222,8 +222,9 @@ def set_rlimits(proc: dict) -> None:
             raise SystemFailure(f"process.rlimits {r['type']}: {exc}") from exc
 
 
-def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> NoReturn:
-    """Process attributes in the order the kernel needs them, then execvpe; never returns."""
+def drop_privileges(proc: dict, linux: dict) -> bool:
+    """umask, cwd, then the user and capabilities of `proc` (and its seccomp filter when that must go in while
+    CAP_SYS_ADMIN is still held). Returns whether the filter is in already."""
     user = proc.get("user") or {}
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     os.umask(user.get("umask", 0o022))
@@ -232,14 +233,6 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
         os.chdir(cwd)
     except OSError as exc:
         raise SystemFailure(f"process.cwd {cwd!r}: {exc.strerror}") from exc
-    for fd in range(3, 3 + preserve_fds):
-        try:
-            os.set_inheritable(fd, True)
-        except OSError:
-            pass
-    # CVE-2024-21626: no host fd may reach the container process. Before any seccomp filter: a profile that
-    # refuses close_range would turn this into a million filtered close() calls.
-    os.closerange(3 + preserve_fds, 1 << 20)
     profile = linux.get("seccomp")
     # Without no_new_privs the kernel only lets a process holding CAP_SYS_ADMIN install a filter, so it goes in
     # now, before privileges drop (runc's order); every call made after this is on the default allowlist.
@@ -262,6 +255,22 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
     capsmod.apply(caps)
     if proc.get("noNewPrivileges"):
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    return early_seccomp
+
+
+def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str],
+           seccomp_loaded: bool | None = None) -> NoReturn:
+    """Process attributes in the order the kernel needs them, then execve; never returns.
+
+    `seccomp_loaded` is None when privileges are still to be dropped here, else what drop_privileges returned.
+    """
+    if seccomp_loaded is None:
+        # fds go before any filter: a profile that refuses close_range would turn the closing below into a
+        # million filtered close() calls
+        _close_fds(preserve_fds)
+        seccomp_loaded = drop_privileges(proc, linux)
+    else:
+        _close_fds(preserve_fds)
     for sig in range(1, signal.NSIG):
         try:
             if signal.getsignal(sig) not in (signal.SIG_DFL, None):
@@ -269,7 +278,8 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    if profile and not early_seccomp:
+    profile = linux.get("seccomp")
+    if profile and not seccomp_loaded:
         from virtkit.container import seccomp
 
         seccomp.load(profile)
@@ -279,6 +289,16 @@ def finish(proc: dict, linux: dict, preserve_fds: int, env: dict[str, str]) -> N
         os.execve(lookup(proc["args"][0], env) or proc["args"][0], proc["args"], env)
     except OSError as exc:
         raise SystemFailure(f"exec {proc['args'][0]!r}: {exc.strerror}") from exc
+
+
+def _close_fds(preserve_fds: int) -> None:
+    """CVE-2024-21626: no host fd may reach the container process; LISTEN_FDS-style fds 3.. are kept."""
+    for fd in range(3, 3 + preserve_fds):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+    os.closerange(3 + preserve_fds, 1 << 20)
 
 
 def exec_child(ch: socket.socket, pid: int, proc: dict, linux: dict, opts: dict[str, Any]) -> NoReturn:
@@ -305,12 +325,16 @@ def exec_child(ch: socket.socket, pid: int, proc: dict, linux: dict, opts: dict[
             os.fchdir(root_fd)
             os.chroot(".")
         os.close(root_fd)
+        set_rlimits(proc)
+        env = _env(proc)
+        # Privileges drop here, before the fork into the container's pid namespace: from the moment it exists,
+        # the child is visible to the container (and traceable where it was granted CAP_SYS_PTRACE), so it must
+        # hold nothing the container's own processes do not.
+        seccomp_loaded = drop_privileges(proc, linux)
         child = os.fork()
         if child == 0:
             if proc.get("terminal"):
                 os.setsid()
-            set_rlimits(proc)
-            env = _env(proc)
             if csock is not None:
                 master, slave, name = console.open_pty(proc.get("consoleSize"))
                 console.send_master(csock, master, name)
@@ -321,7 +345,7 @@ def exec_child(ch: socket.socket, pid: int, proc: dict, linux: dict, opts: dict[
                 raise SystemFailure(f"exec: {proc['args'][0]!r}: executable file not found in $PATH")
             send(ch, {"type": "ready"})
             ch.close()
-            finish(proc, linux, opts["preserve_fds"], env)
+            finish(proc, linux, opts["preserve_fds"], env, seccomp_loaded)
         send(ch, {"type": "pid", "pid": child})
         if csock is not None:
             csock.close()

@@ -48,8 +48,16 @@ int main(int argc, char **argv) {
                 ssize_t m = readlink(path, target, sizeof target - 1);
                 if (m > 0) {
                     target[m] = 0;
-                    if (stat(target, &st) != 0 || strstr(target, "python"))
-                        printf("PTRACE-HOST %d %s\n", p, target);
+                    if (stat(target, &st) != 0 || strstr(target, "python")) {
+                        /* what the traced runtime process holds: it must be no more than the container has */
+                        char spath[64], line[256], capeff[32] = "?";
+                        snprintf(spath, sizeof spath, "/proc/%d/status", p);
+                        FILE *f = fopen(spath, "r");
+                        while (f && fgets(line, sizeof line, f))
+                            if (sscanf(line, "CapEff: %31s", capeff) == 1) break;
+                        if (f) fclose(f);
+                        printf("PTRACE-HOST %d %s CapEff=%s\n", p, target, capeff);
+                    }
                 }
                 ptrace(PTRACE_DETACH, p, 0, 0);
             }
