@@ -81,9 +81,14 @@ def build_config(
     linux["resources"] = {**linux.get("resources", {}), **resources(spec)}
     linux["seccomp"] = seccomp.default_profile()
     linux["namespaces"] = [{"type": t} for t in ("pid", "mount", "uts", "ipc", "network", "cgroup")]
+    net = spec.get("net") or {}
+    if net.get("netns"):
+        # the network service prepared and pinned this instance's namespace: join it
+        linux["namespaces"] = [{"type": "network", "path": net["netns"]} if ns["type"] == "network" else ns
+                               for ns in linux["namespaces"]]
 
     mounts = config.setdefault("mounts", [])
-    for name in ("hosts", "hostname"):
+    for name in ("hosts", "hostname") + (("resolv.conf",) if net.get("netns") else ()):
         mounts.append({"destination": f"/etc/{name}", "type": "bind",
                        "source": os.path.join(instance_dir, name), "options": ["rbind", "ro", "nosuid", "nodev"]})
     for vol in spec.get("volumes") or []:
@@ -96,14 +101,22 @@ def build_config(
     return config
 
 
-def write_bundle(instance_dir: str, hostname: str, config: dict[str, Any]) -> str:
-    """Create the instance's directories and files; returns the bundle directory."""
+def write_bundle(instance_dir: str, hostname: str, config: dict[str, Any], address: str | None = None) -> str:
+    """Create the instance's directories and files; returns the bundle directory.
+
+    `address`: the instance's address on its network (its own name resolves to it; the network service
+    adds its peers' names to the hosts file afterwards)."""
+    from virtkit.net.hosts import render, resolv_conf
+
     for d in ("rootfs", "upper", "work", "bundle"):
         os.makedirs(os.path.join(instance_dir, d), mode=0o755, exist_ok=True)
     with open(os.path.join(instance_dir, "hostname"), "w") as f:
         f.write(hostname + "\n")
     with open(os.path.join(instance_dir, "hosts"), "w") as f:
-        f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+        f.write(render(hostname, address, []))
+    if address:
+        with open(os.path.join(instance_dir, "resolv.conf"), "w") as f:
+            f.write(resolv_conf())
     bundle = os.path.join(instance_dir, "bundle")
     tmp = os.path.join(bundle, "config.json.tmp")
     with open(tmp, "w") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+from virtkit.container.syscalls import _libc
 from virtkit.core.capabilities import CAP_NAMES as _NAMES
 from virtkit.core.errors import InvalidArgument, SystemFailure
 
@@ -38,18 +39,8 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
 def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
-    res = _lib().prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+    res = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                        ctypes.c_ulong(0), ctypes.c_ulong(0))
     if res != 0:
         err = ctypes.get_errno()
@@ -126,7 +117,7 @@ def apply(capabilities: dict | None) -> None:
         data[i].effective = (masks["effective"] >> (32 * i)) & 0xFFFFFFFF
         data[i].permitted = (masks["permitted"] >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (masks["inheritable"] >> (32 * i)) & 0xFFFFFFFF
-    if _lib().capset(ctypes.byref(header), data) != 0:
+    if _libc.capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise SystemFailure(f"capabilities: capset failed: {os.strerror(err)}")
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)

@@ -67,7 +67,7 @@ class ContainerDriver:
             lowerdirs=lowerdirs, instance_dir=idir, cgroup_path=self.cgroup_path(instance),
         )
         try:
-            write_bundle(idir, hostname, config)
+            write_bundle(idir, hostname, config, address=(instance.spec.get("net") or {}).get("address"))
         except OSError as exc:
             shutil.rmtree(idir, ignore_errors=True)
             raise SystemFailure(f"cannot write bundle for '{instance.name}': {exc}") from exc

@@ -158,14 +158,9 @@ def stage2(ch: socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
             rootfs.finalize(spec)
         set_rlimits(proc)
         if csock is not None:
-            master, slave, name = console.open_pty(proc.get("consoleSize"))
-            console.send_master(csock, master, name)
-            os.close(master)
-            csock.close()
-            console.become_tty(slave)
+            _take_terminal(csock, proc)
         env = _env(proc)
-        if lookup(proc["args"][0], env) is None:
-            raise SystemFailure(f"exec: {proc['args'][0]!r}: executable file not found in $PATH")
+        _require_executable(proc, env)
         send(ch, {"type": "ready"})
         ch.close()
     except BaseException as exc:  # noqa: BLE001
@@ -220,6 +215,20 @@ def set_rlimits(proc: dict) -> None:
             resource.setrlimit(what, (r["soft"], r["hard"]))
         except (OSError, ValueError) as exc:
             raise SystemFailure(f"process.rlimits {r['type']}: {exc}") from exc
+
+
+def _take_terminal(csock: socket.socket, proc: dict) -> None:
+    """A pty from the container's devpts: the master goes to the console socket, the slave becomes our tty."""
+    master, slave, name = console.open_pty(proc.get("consoleSize"))
+    console.send_master(csock, master, name)
+    os.close(master)
+    csock.close()
+    console.become_tty(slave)
+
+
+def _require_executable(proc: dict, env: dict[str, str]) -> None:
+    if lookup(proc["args"][0], env) is None:
+        raise SystemFailure(f"exec: {proc['args'][0]!r}: executable file not found in $PATH")
 
 
 def drop_privileges(proc: dict, linux: dict) -> bool:
@@ -336,13 +345,8 @@ def exec_child(ch: socket.socket, pid: int, proc: dict, linux: dict, opts: dict[
             if proc.get("terminal"):
                 os.setsid()
             if csock is not None:
-                master, slave, name = console.open_pty(proc.get("consoleSize"))
-                console.send_master(csock, master, name)
-                os.close(master)
-                csock.close()
-                console.become_tty(slave)
-            if lookup(proc["args"][0], env) is None:
-                raise SystemFailure(f"exec: {proc['args'][0]!r}: executable file not found in $PATH")
+                _take_terminal(csock, proc)
+            _require_executable(proc, env)
             send(ch, {"type": "ready"})
             ch.close()
             finish(proc, linux, opts["preserve_fds"], env, seccomp_loaded)

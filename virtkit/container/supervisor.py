@@ -193,14 +193,7 @@ class Supervisor:
         with conn:
             conn.settimeout(30)
             try:
-                buf = b""
-                while not buf.endswith(b"\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                req = json.loads(buf)
-                reply = self.handle(req)
+                reply = self.handle(json.loads(_recv_line(conn)))
             except Exception as exc:  # every failure goes back to the caller as a structured error
                 code = getattr(exc, "code", "system_failure")
                 reply = {"ok": False, "error": code if isinstance(code, str) else "system_failure",
@@ -209,6 +202,17 @@ class Supervisor:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass
+
+
+def _recv_line(sock: socket.socket) -> bytes:
+    """One newline-terminated message (or what came before the peer closed)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 def call(socket_path: str, request: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -223,12 +227,7 @@ def call(socket_path: str, request: dict[str, Any], timeout: float = 60.0) -> di
         except OSError as exc:
             raise DaemonUnavailable(f"container supervisor not reachable at {socket_path}: {exc.strerror}") from exc
         s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = _recv_line(s)
     finally:
         s.close()
     if not buf:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 
@@ -13,16 +12,6 @@ IN_CREATE = 0x00000100
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
 class DirWatch:
     """Watches one directory for files created, renamed into it, or modified; `wait` returns early on any.
 
@@ -31,7 +20,8 @@ class DirWatch:
 
     def __init__(self, path: str) -> None:
         self.fd = -1
-        lib = _lib()
+        from virtkit.container.syscalls import _libc as lib
+
         fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             return
