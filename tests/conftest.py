@@ -37,7 +37,9 @@ def _virtkit_processes() -> set[int]:
                 cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"virtkit.api.daemon" in cmd or b"virtkit.container.supervisor" in cmd or b"virtkit-runtime" in cmd:
+        markers = (b"virtkit.api.daemon", b"virtkit.container.supervisor", b"virtkit-runtime",
+                   b"virtkit.vm.qemu.waiter")
+        if any(m in cmd for m in markers) or (cmd.startswith(b"qemu-system") and b"virtkit-" in cmd):
             pids.add(int(entry))
     return pids
 

@@ -1,0 +1,1 @@
+"""Virtual machines: each instance its own kernel. Engines: `qemu` (QEMU over QMP)."""
