@@ -39,7 +39,7 @@ def _virtkit_processes() -> set[int]:
             continue
         markers = (b"virtkit.api.daemon", b"virtkit.container.supervisor", b"virtkit-runtime",
                    b"virtkit.vm.qemu.waiter")
-        if any(m in cmd for m in markers) or (cmd.startswith(b"qemu-system") and b"virtkit-" in cmd):
+        if any(m in cmd for m in markers) or (b"qemu-system" in cmd and b"virtkit-" in cmd):
             pids.add(int(entry))
     return pids
 
