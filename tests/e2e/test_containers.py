@@ -29,7 +29,7 @@ def test_run_returns_exit_code(vk_home, client, name):
 
 def test_isolation_processes_mounts_network(vk_home, client, name):
     script = "ps -o pid,comm; echo ---; cat /proc/mounts; echo ---; ip -o link; ip -o addr show lo"
-    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c", script)
+    r = vk(vk_home, "run", "--rm", "--network", "none", "busybox", "--", "sh", "-c", script)
     assert r.returncode == 0, r.stderr
     procs, mounts, net = r.stdout.decode().split("---\n")
     pids = [line.split()[0] for line in procs.strip().splitlines()[1:]]

@@ -41,11 +41,13 @@ def create_app(ctx: Context) -> FastAPI:
 
     app.include_router(images_router)
     # before the instance routes: POST /v1/instances/{name}/{action} would take .../snapshots and .../publish
+    from virtkit.api.routes_networks import router as networks_router
     from virtkit.api.routes_snapshots import router as snapshots_router
     from virtkit.api.routes_volumes import router as volumes_router
 
     app.include_router(volumes_router)
     app.include_router(snapshots_router)
+    app.include_router(networks_router)
 
     # -- instances ------------------------------------------------------------------------------------
     @app.get("/v1/instances")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from virtkit.config import Home
-from virtkit.core.errors import InvalidArgument, NotFound
+from virtkit.core.errors import InvalidArgument, NotFound, VirtkitError
 from virtkit.core.models import InstanceState
 from virtkit.core.service import InstanceService
 
@@ -31,6 +31,7 @@ class Context:
         self.drivers = {"container": ContainerDriver(home, self.images)}
         self.instances = InstanceService(self.store, self.drivers, self.images)  # type: ignore[arg-type]
         self._wire_storage(home)
+        self._wire_networks(home)
         self.shutdown_hook: Callable[[], None] | None = None
 
     def _wire_storage(self, home: Home) -> None:
@@ -49,6 +50,18 @@ class Context:
             print(f"virtkitd: {path} is not a recorded volume; left as it is", file=sys.stderr, flush=True)
         self.snapshots.cleanup()
 
+    def _wire_networks(self, home: Home) -> None:
+        """Networks (the default one made on first start), bridges and rules rebuilt from the store."""
+        from virtkit.core.networks import NetworkService
+        from virtkit.net.fabric import NetFabric
+
+        self.networks = NetworkService(self.store, NetFabric(home))
+        self.instances.hooks.append(self.networks)
+        try:
+            self.networks.setup()
+        except VirtkitError as exc:  # e.g. no nft: the daemon still serves, --network none still works
+            print(f"virtkitd: virtual networks unavailable: {exc.message}", file=sys.stderr, flush=True)
+
     def request_shutdown(self) -> None:
         from virtkit.container.supervisor import call
 
@@ -56,6 +69,12 @@ class Context:
             call(self.home.supervisor_socket, {"op": "shutdown"}, timeout=5)
         except Exception:  # busy (containers run on) or already gone: either way the daemon may stop
             pass
+        from virtkit.net.netns import in_thread
+
+        try:
+            in_thread(self.networks.shutdown)   # netlink's sync API refuses to run in the event loop's thread
+        except Exception as exc:  # never keep the daemon from stopping; the next start rebuilds
+            print(f"virtkitd: taking networks down failed: {exc}", file=sys.stderr, flush=True)
         if self.shutdown_hook:
             self.shutdown_hook()
 

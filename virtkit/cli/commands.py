@@ -34,7 +34,8 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "name": a.name, "cpus": a.cpus, "memory": a.memory, "pids": a.pids, "env": a.env,
         "volumes": a.volume, "cap_add": a.cap_add, "cap_drop": a.cap_drop, "workdir": a.workdir,
-        "hostname": a.hostname, "auto_remove": a.rm,
+        "hostname": a.hostname, "auto_remove": a.rm, "network": a.network, "ip": a.ip, "ports": a.publish,
+        "rate": a.rate,
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:

@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_volume_parser(sub)
     add_snapshot_parser(sub)
+    from virtkit.cli.cmd_network import add_parser as add_network_parser
+
+    add_network_parser(sub)
 
     r = sub.add_parser("run", help="create and start an instance")
     r.add_argument("--name")
@@ -37,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cap-drop", action="append", default=[])
     r.add_argument("-w", "--workdir")
     r.add_argument("--hostname")
+    r.add_argument("--network", "--net", help="network to attach to (default: default; none: loopback only)")
+    r.add_argument("--ip", help="static address on the network")
+    r.add_argument("-p", "--publish", action="append", default=[], help="[IP:]HOSTPORT:PORT[/tcp|udp]")
+    r.add_argument("--rate", help="bandwidth limit each way, e.g. 10mbit")
     r.add_argument("image")
     r.add_argument("command", nargs=argparse.REMAINDER)
 
@@ -116,6 +123,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from virtkit.cli.cmd_volume import cmd_volume
 
         return int(cmd_volume(client, args) or 0)
+    if args.cmd == "network":
+        from virtkit.cli.cmd_network import cmd_network
+
+        return int(cmd_network(client, args) or 0)
     if args.cmd in ("snapshot", "restore", "publish"):
         from virtkit.cli import cmd_snapshot
 

@@ -90,7 +90,77 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     if hostname is not None:
         validate_name(hostname, "hostname")
     spec["hostname"] = hostname
+    spec.update(validate_network_options(req))
     return spec
+
+
+def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:
+    """--network NAME|none, --ip, -p [IP:]HOSTPORT:PORT[/tcp|udp], --rate."""
+    import ipaddress
+
+    out: dict[str, Any] = {}
+    network = req.get("network") or "default"
+    if network != "none":
+        validate_name(network, "network")
+    out["network"] = network
+    ip = req.get("ip")
+    if ip is not None:
+        try:
+            ip = str(ipaddress.IPv4Address(str(ip)))
+        except ValueError as exc:
+            raise InvalidArgument(f"ip: {req['ip']!r} is not an IPv4 address") from exc
+        if network == "none":
+            raise InvalidArgument("ip: an address needs a network (not --network none)")
+    out["ip"] = ip
+    ports = [parse_port(p) for p in req.get("ports") or []]
+    if ports and network == "none":
+        raise InvalidArgument("ports: publishing a port needs a network (not --network none)")
+    seen = set()
+    for p in ports:
+        key = (p["host_ip"], p["host_port"], p["proto"])
+        if key in seen:
+            raise InvalidArgument(f"ports: host port {p['host_port']}/{p['proto']} is given twice")
+        seen.add(key)
+    out["ports"] = ports
+    out["rate"] = None
+    if req.get("rate") is not None:
+        from virtkit.core.networks import parse_rate
+
+        if network == "none":
+            raise InvalidArgument("rate: a rate limit needs a network (not --network none)")
+        out["rate"] = parse_rate(req["rate"])
+    return out
+
+
+def parse_port(value: Any) -> dict[str, Any]:
+    """'[IP:]HOSTPORT:PORT[/tcp|udp]' or a dict of the same -> {host_ip, host_port, port, proto}."""
+    import ipaddress
+
+    if isinstance(value, dict):
+        host_ip = value.get("host_ip")
+        value = f"{str(host_ip) + ':' if host_ip else ''}{value.get('host_port')}:{value.get('port')}" \
+                f"/{value.get('proto') or 'tcp'}"
+    if not isinstance(value, str):
+        raise InvalidArgument(f"ports: cannot parse {value!r}")
+    spec, _, proto = value.partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp"):
+        raise InvalidArgument(f"ports: {value!r}: protocol must be tcp or udp")
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise InvalidArgument(f"ports: {value!r} is not [IP:]HOSTPORT:PORT[/tcp|udp]")
+    host_ip = parts[0] if len(parts) == 3 else None
+    if host_ip is not None:
+        try:
+            host_ip = str(ipaddress.IPv4Address(host_ip))
+        except ValueError as exc:
+            raise InvalidArgument(f"ports: {value!r}: {host_ip!r} is not an IPv4 address") from exc
+    nums = []
+    for part in parts[-2:]:
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise InvalidArgument(f"ports: {value!r}: {part!r} is not a port number (1-65535)")
+        nums.append(int(part))
+    return {"host_ip": host_ip, "host_port": nums[0], "port": nums[1], "proto": proto}
 
 
 def parse_volume(v: str | dict[str, Any]) -> dict[str, Any]:

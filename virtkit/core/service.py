@@ -28,7 +28,8 @@ class InstanceService:
         self._lock = threading.RLock()
         self._held: dict[str, int] = {}     # instance id -> attached readers; auto-remove waits for them
         # Services with a stake in an instance's life (volumes, snapshots). Each may have
-        # prepare(inst) -> undo | None (before the driver creates it), starting(inst), removed(inst).
+        # prepare(inst) -> undo | None (before the driver creates it), created(inst) (after; must not
+        # raise), starting(inst), removed(inst).
         self.hooks: list[Any] = []
         self._quiescing: set[str] = set()   # frozen by us for a copy: not a user's pause
 
@@ -136,6 +137,9 @@ class InstanceService:
             for u in reversed(undo):
                 u()
             raise
+        for hook in self.hooks:
+            if hasattr(hook, "created"):
+                hook.created(inst)
         if start:
             try:
                 return self.start(inst.name)

@@ -37,6 +37,26 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (instance_id, name)
         )""",
     ],
+    [
+        """CREATE TABLE networks (
+            name TEXT PRIMARY KEY,
+            "index" INTEGER NOT NULL UNIQUE,
+            subnet TEXT NOT NULL UNIQUE,
+            gateway TEXT NOT NULL,
+            nat INTEGER NOT NULL,
+            isolated INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE leases (
+            network TEXT NOT NULL REFERENCES networks(name),
+            address TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            mac TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (network, address)
+        )""",
+        "CREATE INDEX leases_instance ON leases (instance_id)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from virtkit.core.errors import AlreadyExists, InvalidArgument, NotFound
 from virtkit.core.models import Instance
+from virtkit.core.networks import Lease, Network
 from virtkit.core.snapshots import Snapshot
 from virtkit.core.volumes import Volume
 from virtkit.store import migrations
@@ -153,6 +154,64 @@ class SQLiteStore:
         with self.engine.begin() as conn:
             conn.execute(text("DELETE FROM snapshots WHERE instance_id = :i AND name = :n"),
                          {"i": instance_id, "n": name})
+
+    # -- networks and leases --------------------------------------------------------------------------
+    def add_network(self, network: Network) -> None:
+        values = network.to_dict()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text('INSERT INTO networks (name, "index", subnet, gateway, nat, isolated, created_at) '
+                                  "VALUES (:name, :index, :subnet, :gateway, :nat, :isolated, :created_at)"), values)
+        except SAIntegrityError as exc:
+            raise AlreadyExists(f"a network named '{network.name}' (or with subnet {network.subnet}) "
+                                "already exists") from exc
+
+    @staticmethod
+    def _network(row: Any) -> Network:
+        d = dict(row._mapping)
+        d["nat"], d["isolated"] = bool(d["nat"]), bool(d["isolated"])
+        return Network(**d)
+
+    def get_network(self, name: str) -> Network:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM networks WHERE name = :n"), {"n": name}).first()
+        if row is None:
+            raise NotFound(f"network '{name}' not found")
+        return self._network(row)
+
+    def list_networks(self) -> list[Network]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(text('SELECT * FROM networks ORDER BY "index"')).all()
+        return [self._network(r) for r in rows]
+
+    def delete_network(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM networks WHERE name = :n"), {"n": name})
+
+    def add_lease(self, lease: Lease) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO leases (network, address, instance_id, mac, created_at) "
+                                  "VALUES (:network, :address, :instance_id, :mac, :created_at)"), lease.to_dict())
+        except SAIntegrityError as exc:
+            raise AlreadyExists(f"address {lease.address} on network '{lease.network}' is taken") from exc
+
+    def list_leases(self, network: str | None = None, instance_id: str | None = None) -> list[Lease]:
+        query, params = "SELECT * FROM leases WHERE 1=1", {}
+        if network is not None:
+            query += " AND network = :n"
+            params["n"] = network
+        if instance_id is not None:
+            query += " AND instance_id = :i"
+            params["i"] = instance_id
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(query + " ORDER BY created_at"), params).all()
+        return [Lease(**dict(r._mapping)) for r in rows]
+
+    def delete_leases(self, instance_id: str, network: str | None = None) -> None:
+        query = "DELETE FROM leases WHERE instance_id = :i" + (" AND network = :n" if network is not None else "")
+        with self.engine.begin() as conn:
+            conn.execute(text(query), {"i": instance_id, "n": network})
 
     def close(self) -> None:
         self.engine.dispose()

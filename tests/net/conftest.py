@@ -1,0 +1,83 @@
+"""Fixtures for network tests: a fake fabric that records what it was asked (no root needed)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+
+class FakeFabric:
+    table = "virtkit_test"
+
+    def __init__(self) -> None:
+        self.bridges: dict[int, str] = {}
+        self.attached: dict[str, dict[str, Any]] = {}
+        self.rules: Any = None
+        self.hosts: dict[str, str] = {}
+        self.routes = [ipaddress.IPv4Network("10.80.0.0/24"), ipaddress.IPv4Network("192.0.2.0/24")]
+        self.fail_attach = False
+        self.removed_ifaces: list[str] = []
+
+    def bridge_name(self, index: int) -> str:
+        return f"vkbtest{index}"
+
+    def veth_name(self, instance_id: str, network: str) -> str:
+        return f"vkvtest{instance_id[:6]}"
+
+    def ensure_network(self, index: int, gateway: str, prefixlen: int) -> None:
+        self.bridges[index] = f"{gateway}/{prefixlen}"
+
+    def remove_network(self, index: int) -> None:
+        self.bridges.pop(index, None)
+
+    def host_routes(self) -> list[ipaddress.IPv4Network]:
+        return list(self.routes)
+
+    def apply_rules(self, rs: Any) -> None:
+        self.rules = rs
+
+    def attach(self, **kw: Any) -> dict[str, Any]:
+        if self.fail_attach:
+            from virtkit.core.errors import SystemFailure
+
+            raise SystemFailure("veth: boom")
+        self.attached[kw["instance_id"]] = kw
+        return {"netns": f"/ns/{kw['instance_id']}", "veth": self.veth_name(kw["instance_id"], kw["network"])}
+
+    def attach_tap(self, **kw: Any) -> dict[str, Any]:
+        self.attached[kw["instance_id"]] = kw
+        return {"tap": "vkvtap", "veth": "vkvtap"}
+
+    def add_interface(self, **kw: Any) -> None:
+        self.attached[kw["instance_id"] + "/" + kw["ifname"]] = kw
+
+    def remove_interface(self, veth: str) -> None:
+        self.removed_ifaces.append(veth)
+
+    def detach(self, instance_id: str, veth: str | None) -> None:
+        self.attached.pop(instance_id, None)
+
+    def is_pinned(self, instance_id: str) -> bool:
+        return instance_id in self.attached
+
+    def set_rate(self, instance_id: str, veth: str, rate_bits: int) -> None:
+        pass
+
+    def write_hosts(self, instance_id: str, content: str) -> None:
+        self.hosts[instance_id] = content
+
+
+@pytest.fixture
+def fabric() -> FakeFabric:
+    return FakeFabric()
+
+
+@pytest.fixture
+def store(tmp_path):  # type: ignore[no-untyped-def]
+    from virtkit.store.sqlite import SQLiteStore
+
+    s = SQLiteStore(str(tmp_path / "virtkit.db"))
+    yield s
+    s.close()

@@ -1,0 +1,101 @@
+"""The side effects of virtual networks for one home: bridges, per-instance namespaces and veths, nftables
+rules, hosts files. core.networks decides; this carries out. Every kernel object's name carries the home id."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from typing import Any
+
+from virtkit.config import Home
+from virtkit.net import hosts, links, netns, nft
+
+
+class NetFabric:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.hid = home.id[:6]
+        self.netns_dir = os.path.join(home.root, "netns")
+        self.table = f"virtkit_{home.id}"
+
+    # -- names ----------------------------------------------------------------------------------------
+    def bridge_name(self, index: int) -> str:
+        return f"vkb{self.hid}{index}"
+
+    def veth_name(self, instance_id: str, network: str) -> str:
+        return f"vkv{self.hid}" + hashlib.sha256(f"{instance_id}/{network}".encode()).hexdigest()[:6]
+
+    def netns_path(self, instance_id: str) -> str:
+        return os.path.join(self.netns_dir, instance_id)
+
+    def link_prefixes(self) -> tuple[str, str]:
+        return f"vkb{self.hid}", f"vkv{self.hid}"
+
+    # -- networks -------------------------------------------------------------------------------------
+    def ensure_network(self, index: int, gateway: str, prefixlen: int) -> None:
+        links.ensure_bridge(self.bridge_name(index), gateway, prefixlen)
+
+    def remove_network(self, index: int) -> None:
+        links.delete_link(self.bridge_name(index))
+
+    def host_routes(self) -> list[ipaddress.IPv4Network]:
+        return links.host_routes()
+
+    def apply_rules(self, rs: nft.Ruleset) -> None:
+        nft.apply(rs)
+
+    # -- instances ------------------------------------------------------------------------------------
+    def attach(self, *, instance_id: str, network: str, index: int, address: str, prefixlen: int,
+               gateway: str | None, mac: str) -> dict[str, Any]:
+        """A namespace for the instance with its interface on the network's bridge; undone on failure."""
+        path = self.netns_path(instance_id)
+        veth = self.veth_name(instance_id, network)
+        netns.create(path, links.lo_up)
+        try:
+            links.attach_veth(host_name=veth, bridge=self.bridge_name(index), netns_path=path, address=address,
+                              prefixlen=prefixlen, gateway=gateway, mac=mac)
+        except BaseException:
+            netns.remove(path)
+            raise
+        return {"netns": path, "veth": veth}
+
+    def attach_tap(self, *, instance_id: str, network: str, index: int) -> dict[str, Any]:
+        """A VM's port on the network: a TAP named like a container's veth (the same rules apply to it)."""
+        tap = self.veth_name(instance_id, network)
+        links.attach_tap(name=tap, bridge=self.bridge_name(index))
+        return {"tap": tap, "veth": tap}
+
+    def add_interface(self, *, instance_id: str, veth: str, index: int, address: str, prefixlen: int, mac: str,
+                      ifname: str) -> None:
+        """One more veth into the instance's existing namespace (network connect); no default route."""
+        links.attach_veth(host_name=veth, bridge=self.bridge_name(index), netns_path=self.netns_path(instance_id),
+                          address=address, prefixlen=prefixlen, gateway=None, mac=mac, ifname=ifname)
+
+    def remove_interface(self, veth: str) -> None:
+        links.delete_link(veth)
+
+    def detach(self, instance_id: str, veth: str | None) -> None:
+        if veth:
+            links.delete_link(veth)
+        netns.remove(self.netns_path(instance_id))
+
+    def is_pinned(self, instance_id: str) -> bool:
+        return netns.is_pinned(self.netns_path(instance_id))
+
+    def set_rate(self, instance_id: str, veth: str, rate_bits: int) -> None:
+        links.set_rate(veth, self.netns_path(instance_id), rate_bits)
+
+    def write_hosts(self, instance_id: str, content: str) -> None:
+        path = os.path.join(self.home.instance_dir(instance_id), "hosts")
+        if os.path.isdir(os.path.dirname(path)):
+            hosts.write_in_place(path, content)
+
+    # -- leak checks ----------------------------------------------------------------------------------
+    def leftovers(self) -> list[str]:
+        """Kernel objects and files of this home's networks that exist now (tests expect none after rm)."""
+        found = [f"link {n}" for p in self.link_prefixes() for n in links.link_names(p)]
+        found += [f"nft table {fam} {self.table}" for fam in nft.table_exists(self.table)]
+        if os.path.isdir(self.netns_dir):
+            found += [f"netns {os.path.join(self.netns_dir, n)}" for n in os.listdir(self.netns_dir)]
+        return found

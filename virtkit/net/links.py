@@ -1,0 +1,189 @@
+"""Bridges and veth pairs over netlink (pyroute2): create, attach to a bridge, address, route, MTU, MAC, remove.
+
+Names mirror the kernel's (IFLA_*, RTM_*). Library errors become virtkit errors at this boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from virtkit.core.errors import SystemFailure
+from virtkit.net import netns
+
+IFNAMSIZ = 15          # usable characters of an interface name
+
+
+@contextmanager
+def _ipr(what: str) -> Iterator[IPRoute]:
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise SystemFailure(f"{what}: {os.strerror(exc.code) if exc.code else exc}") from exc
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def link_names(prefix: str) -> list[str]:
+    """Names of the host's links that start with `prefix` (leak checks, cleanup)."""
+    with _ipr("list links") as ipr:
+        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int | None = None) -> None:
+    """A bridge with the gateway address, up; idempotent (a daemon restart finds it there)."""
+    assert len(name) <= IFNAMSIZ, name
+    with _ipr(f"bridge {name}") as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            idx = _index(ipr, name)
+            assert idx is not None
+        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+        if gateway not in have:
+            ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+        kwargs: dict[str, Any] = {"state": "up"}
+        if mtu:
+            kwargs["mtu"] = mtu
+        ipr.link("set", index=idx, **kwargs)
+    _sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+
+
+def delete_link(name: str) -> None:
+    """Remove a link (a veth takes its peer with it); a missing one is fine."""
+    with _ipr(f"delete {name}") as ipr:
+        idx = _index(ipr, name)
+        if idx is not None:
+            try:
+                ipr.link("del", index=idx)
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:
+                    raise
+
+
+def attach_veth(*, host_name: str, bridge: str, netns_path: str, address: str, prefixlen: int,
+                gateway: str | None, mac: str, mtu: int | None = None, ifname: str = "eth0") -> None:
+    """A veth pair: `host_name` on the bridge, its peer `ifname` inside the namespace with address, MAC,
+    and a default route via `gateway` (None: no route out)."""
+    with _ipr(f"veth {host_name}") as ipr:
+        br = _index(ipr, bridge)
+        if br is None:
+            raise SystemFailure(f"bridge {bridge} is missing (was the network removed under us?)")
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": fd, "address": mac}
+            ipr.link("add", ifname=host_name, kind="veth", peer=peer)
+        finally:
+            os.close(fd)
+        idx = _index(ipr, host_name)
+        assert idx is not None
+        kwargs: dict[str, Any] = {"master": br, "state": "up"}
+        if mtu:
+            kwargs["mtu"] = mtu
+        ipr.link("set", index=idx, **kwargs)
+
+    def inside() -> None:
+        with _ipr(f"configure {ifname} in {netns_path}") as ipr:
+            lo = _index(ipr, "lo")
+            if lo is not None:
+                ipr.link("set", index=lo, state="up")
+            idx = _index(ipr, ifname)
+            assert idx is not None
+            if mtu:
+                ipr.link("set", index=idx, mtu=mtu)
+            ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+            ipr.link("set", index=idx, state="up")
+            if gateway:
+                ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+
+    try:
+        netns.run_in(netns_path, inside)
+    except BaseException:
+        delete_link(host_name)
+        raise
+
+
+def attach_tap(*, name: str, bridge: str, mtu: int | None = None) -> None:
+    """A persistent TAP device on the bridge, for a VM's virtio-net (its VMM opens it by name)."""
+    with _ipr(f"tap {name}") as ipr:
+        br = _index(ipr, bridge)
+        if br is None:
+            raise SystemFailure(f"bridge {bridge} is missing (was the network removed under us?)")
+        ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+        idx = _index(ipr, name)
+        assert idx is not None
+        kwargs: dict[str, Any] = {"master": br, "state": "up"}
+        if mtu:
+            kwargs["mtu"] = mtu
+        try:
+            ipr.link("set", index=idx, **kwargs)
+        except BaseException:
+            ipr.link("del", index=idx)
+            raise
+
+
+def lo_up() -> None:
+    """Inside a fresh namespace: bring loopback up."""
+    with _ipr("loopback up") as ipr:
+        lo = _index(ipr, "lo")
+        if lo is not None:
+            ipr.link("set", index=lo, state="up")
+
+
+def host_routes() -> list[ipaddress.IPv4Network]:
+    """Destinations of the host's IPv4 routes (main table), to choose subnets that do not collide."""
+    out = []
+    with _ipr("list routes") as ipr:
+        for r in ipr.get_routes(family=2):
+            dst = r.get_attr("RTA_DST")
+            if dst is None:
+                continue
+            out.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
+    return out
+
+
+def _tbf(ipr: IPRoute, idx: int, rate_bits: int) -> None:
+    burst = max(rate_bits // 8 // 100, 16 * 1024)      # ~10 ms of traffic, at least 16 KiB
+    ipr.tc("add", "tbf", index=idx, handle="1:", rate=f"{rate_bits}bit", burst=burst, latency="50ms")
+
+
+def set_rate(host_name: str, netns_path: str, rate_bits: int, ifname: str = "eth0") -> None:
+    """A token bucket each way: on the host side of the veth (what the instance receives) and on its
+    interface inside the namespace (what it sends)."""
+    with _ipr(f"rate limit {host_name}") as ipr:
+        idx = _index(ipr, host_name)
+        if idx is None:
+            raise SystemFailure(f"link {host_name} is missing")
+        _tbf(ipr, idx, rate_bits)
+
+    def inside() -> None:
+        with _ipr(f"rate limit {ifname} in {netns_path}") as ipr:
+            idx = _index(ipr, ifname)
+            assert idx is not None
+            _tbf(ipr, idx, rate_bits)
+
+    netns.run_in(netns_path, inside)
+
+
+def _sysctl(key: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise SystemFailure(f"sysctl {key.replace('/', '.')}={value}: {exc}") from exc

@@ -1,0 +1,175 @@
+"""nftables rules of one virtkit home, generated as JSON and applied atomically with `nft -j -f -`.
+
+Two tables per home, both named virtkit_<homeid>, rebuilt whole on every change (one transaction: the
+kernel swaps old for new, so there is never a moment without rules):
+- inet: NAT (masquerade of --nat networks, DNAT of published ports, hairpin), and forwarding policy
+  (no traffic between two virtkit bridges, none out of an --isolated network).
+- bridge: anti-spoofing on each instance's port: frames must carry the MAC, and IPv4/ARP the address,
+  that virtkit gave it.
+
+Published ports on 127.0.0.1 use output-chain DNAT plus route_localnet on the bridge (set where the bridge is
+made) and masquerade of 127.0.0.0/8 sources: the kernel forwards a loopback-sourced packet out of a real
+interface only with route_localnet, and the masquerade gives the instance an address it can answer to.
+This keeps a single kernel path (no userland proxy process per port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from virtkit.core.errors import SystemFailure, Unsupported
+
+BRIDGE_GLOB = "vkb*"       # every virtkit bridge of every home
+
+
+@dataclass
+class NetRules:
+    bridge: str
+    subnet: str            # "10.77.1.0/24"
+    nat: bool
+    isolated: bool
+
+
+@dataclass
+class PortRules:
+    veth: str              # host side of the instance's veth
+    mac: str
+    address: str
+
+
+@dataclass
+class Forward:
+    host_ip: str | None    # None: every local address
+    host_port: int
+    proto: str             # tcp | udp
+    address: str
+    port: int
+
+
+@dataclass
+class Ruleset:
+    table: str
+    networks: list[NetRules] = field(default_factory=list)
+    ports: list[PortRules] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+
+
+def _m(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _payload(proto: str, fld: str) -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+def _prefix(cidr: str) -> dict[str, Any]:
+    addr, _, length = cidr.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length)}}
+
+
+def _chain(family: str, table: str, name: str, ctype: str, hook: str, prio: int) -> dict[str, Any]:
+    return {"add": {"chain": {"family": family, "table": table, "name": name, "type": ctype, "hook": hook,
+                              "prio": prio, "policy": "accept"}}}
+
+
+def _rule(family: str, table: str, chain: str, *expr: dict[str, Any]) -> dict[str, Any]:
+    return {"add": {"rule": {"family": family, "table": table, "chain": chain, "expr": list(expr)}}}
+
+
+def _dnat_rules(rs: Ruleset, chain: str) -> list[dict[str, Any]]:
+    out = []
+    for f in rs.forwards:
+        expr = [_m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")]
+        if f.host_ip:
+            expr.append(_m(_payload("ip", "daddr"), f.host_ip))
+        expr += [_m(_meta("l4proto"), f.proto), _m(_payload(f.proto, "dport"), f.host_port),
+                 {"dnat": {"family": "ip", "addr": f.address, "port": f.port}}]
+        out.append(_rule("inet", rs.table, chain, *expr))
+    return out
+
+
+def build(rs: Ruleset) -> list[dict[str, Any]]:
+    """The commands that replace this home's tables by what `rs` describes (or just remove them)."""
+    cmds: list[dict[str, Any]] = []
+    for family in ("inet", "bridge"):
+        ref = {"family": family, "name": rs.table}
+        cmds += [{"add": {"table": ref}}, {"delete": {"table": ref}}]
+    if not rs.networks:
+        return cmds
+    t, i = rs.table, "inet"
+    cmds.append({"add": {"table": {"family": i, "name": t}}})
+    cmds += [_chain(i, t, "prerouting", "nat", "prerouting", -100), _chain(i, t, "output", "nat", "output", -100),
+             _chain(i, t, "postrouting", "nat", "postrouting", 100),
+             _chain(i, t, "forward", "filter", "forward", 0)]
+    cmds += _dnat_rules(rs, "prerouting") + _dnat_rules(rs, "output")
+    for n in rs.networks:
+        oif, iif = _meta("oifname"), _meta("iifname")
+        cmds.append(_rule(i, t, "postrouting", _m(oif, n.bridge), _m(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
+                          {"masquerade": None}))
+        cmds.append(_rule(i, t, "postrouting", _m(oif, n.bridge), _m(_payload("ip", "saddr"), _prefix(n.subnet)),
+                          _m({"ct": {"key": "status"}}, "dnat", "in"), {"masquerade": None}))
+        if n.nat and not n.isolated:
+            cmds.append(_rule(i, t, "postrouting", _m(oif, n.bridge, "!="),
+                              _m(_payload("ip", "saddr"), _prefix(n.subnet)), {"masquerade": None}))
+    # forward: answers to published ports pass; then no bridge-to-bridge traffic, nothing out of isolated nets
+    cmds.append(_rule(i, t, "forward", _m({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}))
+    for n in rs.networks:
+        iif, oif = _meta("iifname"), _meta("oifname")
+        if n.isolated:
+            cmds.append(_rule(i, t, "forward", _m(iif, n.bridge), _m(oif, n.bridge, "!="), {"drop": None}))
+            cmds.append(_rule(i, t, "forward", _m(oif, n.bridge), _m(iif, n.bridge, "!="), {"drop": None}))
+        cmds.append(_rule(i, t, "forward", _m(iif, n.bridge), _m(oif, BRIDGE_GLOB), _m(oif, n.bridge, "!="),
+                          {"drop": None}))
+    b = "bridge"
+    cmds.append({"add": {"table": {"family": b, "name": t}}})
+    cmds.append(_chain(b, t, "prerouting", "filter", "prerouting", -200))
+    for p in rs.ports:
+        iif = _m(_meta("iifname"), p.veth)
+        cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "saddr"), p.mac, "!="), {"drop": None}))
+        cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "type"), "arp"),
+                          _m(_payload("arp", "saddr ip"), p.address, "!="), {"drop": None}))
+        cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "type"), "arp"),
+                          _m(_payload("arp", "saddr ether"), p.mac, "!="), {"drop": None}))
+        cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "type"), "ip"),
+                          _m(_payload("ip", "saddr"), p.address, "!="), {"drop": None}))
+        cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "type"), "ip6"), {"drop": None}))
+    return cmds
+
+
+def _nft() -> str | None:
+    return shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+
+
+def apply(rs: Ruleset) -> None:
+    nft = _nft()
+    if nft is None:
+        raise Unsupported("nft not found: install Debian's nftables package (virtual networks need it)")
+    doc = json.dumps({"nftables": build(rs)})
+    r = subprocess.run([nft, "-j", "-f", "-"], input=doc.encode(), capture_output=True, timeout=30)
+    if r.returncode != 0:
+        raise SystemFailure(f"nft: {r.stderr.decode(errors='replace').strip()}")
+
+
+def table_exists(table: str) -> list[str]:
+    """Families in which a table of this name exists (leak checks)."""
+    nft = _nft()
+    if nft is None:
+        return []
+    r = subprocess.run([nft, "-j", "list", "tables"], capture_output=True, timeout=30)
+    if r.returncode != 0:
+        return []
+    found = []
+    for item in json.loads(r.stdout or b"{}").get("nftables", []):
+        tb = item.get("table")
+        if tb and tb.get("name") == table:
+            found.append(str(tb["family"]))
+    return found
