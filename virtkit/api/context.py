@@ -28,7 +28,9 @@ class Context:
         self.home = home
         self.store = SQLiteStore(home.db)
         self.images = ImageStore(home.images)
-        self.drivers = {"container": ContainerDriver(home, self.images)}
+        from virtkit.vm.qemu.driver import QemuDriver
+
+        self.drivers = {"container": ContainerDriver(home, self.images), "vm": QemuDriver(home, self.images)}
         self.instances = InstanceService(self.store, self.drivers, self.images)  # type: ignore[arg-type]
         self._wire_storage(home)
         self._wire_networks(home)
@@ -103,6 +105,7 @@ class Context:
         if not held:
             svc.hold(inst.id)
         watch = svc.watch(inst.id)
+        flt = svc.output_filter(inst.id)
         try:
             try:
                 f = open(path, "rb")
@@ -111,9 +114,14 @@ class Context:
             while True:
                 chunk = f.read(65536) if f else b""
                 if chunk:
-                    yield _frame(FRAME_OUTPUT, chunk) if framed else chunk
+                    shown = flt.feed(chunk) if flt else chunk
+                    if shown:
+                        yield _frame(FRAME_OUTPUT, shown) if framed else shown
                     continue
                 if not follow:
+                    tail = flt.flush() if flt else b""
+                    if tail:
+                        yield _frame(FRAME_OUTPUT, tail) if framed else tail
                     break
                 try:
                     cur = svc.get(inst.id)
@@ -121,6 +129,8 @@ class Context:
                     cur = None
                 if cur is None or cur.state in (InstanceState.STOPPED, InstanceState.CREATED):
                     rest = f.read() if f else b""
+                    if flt:
+                        rest = flt.feed(rest) + flt.flush()
                     if rest:
                         yield _frame(FRAME_OUTPUT, rest) if framed else rest
                     if framed:

@@ -35,7 +35,8 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "name": a.name, "cpus": a.cpus, "memory": a.memory, "pids": a.pids, "env": a.env,
         "volumes": a.volume, "cap_add": a.cap_add, "cap_drop": a.cap_drop, "workdir": a.workdir,
         "hostname": a.hostname, "auto_remove": a.rm, "network": a.network, "ip": a.ip, "ports": a.publish,
-        "rate": a.rate,
+        "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel,
+        "kernel": os.path.abspath(a.kernel) if a.kernel else None,
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:

@@ -90,8 +90,29 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     if hostname is not None:
         validate_name(hostname, "hostname")
     spec["hostname"] = hostname
+    itype = req.get("type") or "container"
+    if itype == "vm":
+        spec.update(validate_vm_options(req))
     spec.update(validate_network_options(req))
     return spec
+
+
+def validate_vm_options(req: dict[str, Any]) -> dict[str, Any]:
+    """--accel auto|kvm|tcg and --kernel FILE of a VM (the engine checks them against the host on create)."""
+    out: dict[str, Any] = {}
+    accel = req.get("accel") or "auto"
+    if accel not in ("auto", "kvm", "tcg"):
+        raise InvalidArgument(f"accel: must be auto, kvm or tcg (got {accel!r})")
+    out["accel"] = accel
+    kernel = req.get("kernel")
+    if kernel is not None:
+        if not isinstance(kernel, str) or not os.path.isabs(kernel):
+            raise InvalidArgument(f"kernel: must be an absolute path (got {kernel!r})")
+        out["kernel"] = kernel
+    for key in ("volumes", "cap_add", "cap_drop", "pids", "workdir"):
+        if req.get(key):
+            raise InvalidArgument(f"{key}: not supported for VMs yet")
+    return out
 
 
 def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +120,8 @@ def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:
     import ipaddress
 
     out: dict[str, Any] = {}
-    network = req.get("network") or "default"
+    # VMs stay off networks by default until the QEMU engine plugs the network's TAP into a virtio-net device
+    network = req.get("network") or ("none" if req.get("type") == "vm" else "default")
     if network != "none":
         validate_name(network, "network")
     out["network"] = network

@@ -259,6 +259,12 @@ class InstanceService:
         inst = self.store.get_instance(instance_id)
         return self.driver(inst).watch(inst)
 
+    def output_filter(self, instance_id: str) -> Any:
+        """A driver's filter of its instance's raw output (feed/flush), or None to show it as it is."""
+        inst = self.store.get_instance(instance_id)
+        drv = self.driver(inst)
+        return drv.output_filter(inst) if hasattr(drv, "output_filter") else None
+
     def log_path(self, name: str) -> str:
         inst = self.store.get_instance(name)
         return self.driver(inst).log_path(inst)

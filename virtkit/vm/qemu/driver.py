@@ -38,6 +38,7 @@ from virtkit.core.models import Instance
 from virtkit.vm.qemu import accel as accel_mod
 from virtkit.vm.qemu import qmp
 from virtkit.vm.qemu.cmdline import VmConfig, build_argv, qemu_binary
+from virtkit.vm.qemu.console import ConsoleFilter
 from virtkit.vm.qemu.initramfs import EXIT_MARKER, command_param
 
 DEFAULT_MEMORY = 256 << 20
@@ -297,6 +298,10 @@ class QemuDriver:
                 return dict(json.load(f))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+    def output_filter(self, instance: Instance) -> ConsoleFilter:
+        """The serial console carries kernel messages and virtkit's exit marker too; users see the guest's output."""
+        return ConsoleFilter()
 
     def console_output(self, instance: Instance) -> bytes:
         """What the guest wrote on its serial console during its current (or last) run."""

@@ -1,0 +1,41 @@
+"""`virtkit run --vm`: a VM with its own kernel (QEMU, TCG on this PVM host) through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.e2e.conftest import vk
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def _needs_qemu() -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (scripts/setup.sh installs qemu-system-x86)")
+
+
+def test_vm_runs_its_own_kernel_and_returns_the_status(vk_home, client, name):
+    r = vk(vk_home, "run", "--vm", "--rm", "busybox", "--", "uname", "-r", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip().endswith("-cloud-amd64"), r.stdout   # the guest's kernel, not the host's
+    r = vk(vk_home, "run", "--vm", "--rm", "--name", name, "busybox", "--", "sh", "-c", "echo in-guest; exit 3",
+           timeout=120)
+    assert r.returncode == 3
+    assert r.stdout.decode() == "in-guest\n"            # no kernel messages, no virtkit marker
+    assert name not in [i["name"] for i in json.loads(vk(vk_home, "list", "--json").stdout)]
+
+
+def test_vm_bad_input_is_refused_with_nothing_left(vk_home, client, name):
+    before = vk(vk_home, "list", "--json").stdout
+    for args, message in ((["--accel", "kvm"], b"PVM"), (["--memory", "8M"], b"memory"),
+                          (["--cpus", "512"], b"cpus"), (["-v", "/tmp:/x"], b"not supported for VMs")):
+        r = vk(vk_home, "run", "--vm", "--name", name, *args, "busybox", "--", "true")
+        if args == ["--accel", "kvm"] and b"PVM" not in r.stderr and r.returncode == 0:
+            pytest.skip("this host has hardware KVM: forcing kvm works")
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+        assert b"Traceback" not in r.stderr
+    assert vk(vk_home, "list", "--json").stdout == before
