@@ -1,0 +1,76 @@
+"""Replaying a request trace through the engine: online in file order, or arrivals and departures in time."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from itertools import groupby
+
+from virtkit.sched.engine import Scheduler
+from virtkit.sched.model import Request
+
+
+def replay(
+    s: Scheduler,
+    reqs: list[Request],
+    *,
+    timed: bool,
+    batch: bool = False,
+    stop_before: str | None = None,
+    observe: Callable[[float, Scheduler], None] | None = None,
+) -> dict[str, str | None]:
+    """Place every request; answers id -> host (None: rejected, or evicted by preemption before its end).
+
+    Timed: departures at time t are processed before arrivals at t; requests arriving at the same time
+    form one batch when batch=True. Untimed: one batch of everything, or file order.
+    stop_before: stop just before placing that request (explain replays the state it would meet).
+    observe(t, s) is called after each group of arrivals (the benchmark samples state with it).
+    """
+    result: dict[str, str | None] = {r.id: None for r in reqs}
+    seq = {r.id: i for i, r in enumerate(reqs)}
+    if not timed:
+        groups: list[tuple[float, list[Request]]] = [(0.0, reqs)] if batch else [(0.0, [r]) for r in reqs]
+    else:
+        order = sorted(reqs, key=lambda r: (r.arrival or 0.0, seq[r.id]))
+        if batch:
+            groups = [(t, list(g)) for t, g in groupby(order, key=lambda r: r.arrival or 0.0)]
+        else:
+            groups = [(r.arrival or 0.0, [r]) for r in order]
+    departures: list[tuple[float, int, str]] = []
+    for t, group in groups:
+        while departures and departures[0][0] <= t:
+            _, _, rid = heapq.heappop(departures)
+            if rid in s.where:
+                s.release(rid)
+        if stop_before is not None:
+            ids = [r.id for r in group]
+            if stop_before in ids:
+                for r in group[: ids.index(stop_before)]:
+                    _place_one(s, r, result, departures, seq, timed)
+                return result
+        if len(group) > 1:
+            for d in s.place_batch(group):
+                result[d.request_id] = d.host
+                _after_bind(s, d.request_id, d.host, d.victims, result, departures, seq, timed)
+        else:
+            _place_one(s, group[0], result, departures, seq, timed)
+        if observe is not None:
+            observe(t, s)
+    return result
+
+
+def _place_one(s: Scheduler, r: Request, result: dict[str, str | None], departures: list[tuple[float, int, str]],
+               seq: dict[str, int], timed: bool) -> None:
+    d = s.schedule(r)
+    result[r.id] = d.host
+    _after_bind(s, r.id, d.host, d.victims, result, departures, seq, timed)
+
+
+def _after_bind(s: Scheduler, rid: str, host: str | None, victims: list[str], result: dict[str, str | None],
+                departures: list[tuple[float, int, str]], seq: dict[str, int], timed: bool) -> None:
+    for v in victims:
+        result[v] = None
+    if host is not None and timed:
+        dep = s.where[rid].residents[rid].departure
+        if dep is not None:
+            heapq.heappush(departures, (dep, seq[rid], rid))
