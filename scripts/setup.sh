@@ -32,10 +32,11 @@ fi
 .venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp' || {
     echo "setup.sh: the Python packages did not install" >&2; exit 1; }
 
-# Launchers for the two hot commands, started with -IS: skipping the site import saves ~12 ms per command.
+# Launchers for the hot commands, started with -IS: skipping the site import saves ~12 ms per command.
 # They put this checkout and the venv's packages on sys.path themselves (pip's own launchers work too, slower).
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-for spec in "virtkit:virtkit.cli.main:main" "virtkit-runtime:virtkit.container.cli:entry"; do
+for spec in "virtkit:virtkit.cli.main:main" "virtkit-runtime:virtkit.container.cli:entry" \
+            "virtkit-sched:virtkit.sched.cli:main"; do
     IFS=: read -r cmd mod fn <<<"$spec"
     cat > ".venv/bin/$cmd" <<LAUNCHER
 #!$PWD/.venv/bin/python -IS
