@@ -39,3 +39,29 @@ def test_vm_bad_input_is_refused_with_nothing_left(vk_home, client, name):
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
         assert b"Traceback" not in r.stderr
     assert vk(vk_home, "list", "--json").stdout == before
+
+
+def test_container_and_vm_on_one_network_reach_each_other(vk_home, client, name):
+    net = f"n{name[-6:]}"
+    assert vk(vk_home, "network", "create", net).returncode == 0
+    try:
+        client.run("busybox", ["sh", "-c", "echo served-by-container > /var/www/index.html; exec httpd -f -p 80 "
+                                           "-h /var/www"], detach=True, name=name, network=net)
+        address = client.instance(name)["spec"]["net"]["address"]
+        r = vk(vk_home, "run", "--vm", "--rm", "--network", net, "busybox", "--", "sh", "-c",
+               f"ip -o -4 addr show eth0; wget -qO- http://{address}/", timeout=120)
+        out = r.stdout.decode()
+        assert r.returncode == 0, (out, r.stderr)
+        assert "served-by-container" in out and "eth0" in out, out
+        # and the other way: a VM serving, a container fetching
+        client.run("busybox", ["sh", "-c", "mkdir -p /www; echo served-by-vm > /www/index.html; "
+                                           "exec httpd -f -p 80 -h /www"],
+                   detach=True, name=name + "-vm", type="vm", network=net)
+        vm_address = client.instance(name + "-vm")["spec"]["net"]["address"]
+        r = vk(vk_home, "run", "--rm", "--network", net, "busybox", "--", "sh", "-c",
+               f"for i in $(seq 60); do wget -qO- http://{vm_address}/ 2>/dev/null && exit 0; sleep 0.5; done; exit 1",
+               timeout=120)
+        assert r.returncode == 0 and b"served-by-vm" in r.stdout, (r.stdout, r.stderr)
+    finally:
+        vk(vk_home, "rm", "-f", name, name + "-vm")
+        vk(vk_home, "network", "rm", net)

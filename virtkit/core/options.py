@@ -120,8 +120,7 @@ def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:
     import ipaddress
 
     out: dict[str, Any] = {}
-    # VMs stay off networks by default until the QEMU engine plugs the network's TAP into a virtio-net device
-    network = req.get("network") or ("none" if req.get("type") == "vm" else "default")
+    network = req.get("network") or "default"
     if network != "none":
         validate_name(network, "network")
     out["network"] = network

@@ -26,6 +26,7 @@ class VmConfig:
     console_log: str
     qmp_socket: str
     kernel_params: tuple[str, ...] = ()
+    net: dict[str, str] | None = None          # {"tap": NAME, "mac": MAC} on a virtkit network
 
 
 def qemu_binary() -> str:
@@ -61,4 +62,13 @@ def build_argv(cfg: VmConfig, binary: str | None = None) -> list[str]:
         "-chardev", f"file,id=ser0,path={cfg.console_log},append=on",
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off",
+        *net_args(cfg.net),
     ]
+
+
+def net_args(net: dict[str, str] | None) -> list[str]:
+    """virtio-net (over virtio-mmio on microvm) on the network's TAP; no vhost: /dev/vhost-net may be missing."""
+    if not net:
+        return []
+    return ["-netdev", f"tap,id=net0,ifname={net['tap']},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={net['mac']}"]

@@ -138,8 +138,16 @@ class QemuDriver:
             raise InvalidArgument(f"command: too long for the kernel command line ({len(param)} bytes encoded, "
                                   f"at most {MAX_CMDLINE_PARAM})")
         hostname = spec.get("hostname") or instance.name
+        params = [param, f"virtkit.hostname={hostname}"]
+        net = spec.get("net")
+        if net and net.get("tap"):
+            # the network service made the TAP and leased the address; the guest's /init configures eth0 from these
+            params.append(f"virtkit.ip={net['address']}/{net['prefixlen']}")
+            if net.get("gateway"):
+                params.append(f"virtkit.gw={net['gateway']}")
         return {"vcpus": vcpus, "memory_mib": mem >> 20, "accel": chosen.name, "accel_reason": chosen.reason,
-                "kernel": kernel, "params": [param, f"virtkit.hostname={hostname}"]}
+                "kernel": kernel, "params": params,
+                "net": {"tap": net["tap"], "mac": net["mac"]} if net and net.get("tap") else None}
 
     def _image_command(self, instance: Instance) -> list[str]:
         if self.images is None or not instance.image:
@@ -205,7 +213,7 @@ class QemuDriver:
             accel=accel_mod.Accel(plan["accel"], plan["accel_reason"]),
             vmlinux=self._file(instance, "vmlinux"), initramfs=self._file(instance, "initramfs.cpio"),
             console_log=self.log_path(instance), qmp_socket=self.qmp_socket(instance),
-            kernel_params=tuple(plan["params"]),
+            kernel_params=tuple(plan["params"]), net=plan.get("net"),
         )
         return build_argv(cfg)
 

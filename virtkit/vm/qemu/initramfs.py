@@ -28,6 +28,13 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /tmp /run && mount -t devpts devpts /dev/pts
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
 hostname "$(sed -n 's/.*virtkit.hostname=\([^ ]*\).*/\1/p' /proc/cmdline)" 2>/dev/null
+ip link set lo up
+addr=$(sed -n 's/.*virtkit.ip=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$addr" ]; then
+  ip link set eth0 up && ip addr add "$addr" dev eth0
+  gw=$(sed -n 's/.*virtkit.gw=\([^ ]*\).*/\1/p' /proc/cmdline)
+  [ -n "$gw" ] && ip route add default via "$gw"
+fi
 cmd=$(sed -n 's/.*virtkit.cmd=\([^ ]*\).*/\1/p' /proc/cmdline | base64 -d)
 [ -n "$cmd" ] || cmd=sh
 for e in /sys/class/input/event*; do
