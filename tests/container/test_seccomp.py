@@ -122,12 +122,8 @@ BUSYBOX = "/usr/bin/busybox"
 @pytest.mark.root
 @needs_root
 @pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="busybox not installed")
-@pytest.mark.parametrize("script", [
-    "ls / >/dev/null; echo ok",
-    "id >/dev/null && ps >/dev/null && cat /proc/self/status >/dev/null && sleep 0.01 && echo ok",
-    "top -b -n 1 >/dev/null && echo ok",
-])
-def test_busybox_runs_under_default_profile(script):
+def _busybox_sh_under_default_profile(script: str) -> tuple[int, bytes]:
+    """busybox sh -c SCRIPT in a forked child that loaded the default profile; its exit code and stdout."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -144,7 +140,17 @@ def test_busybox_runs_under_default_profile(script):
         out += chunk
     os.close(r)
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    return os.waitstatus_to_exitcode(status), out
+
+
+@pytest.mark.parametrize("script", [
+    "ls / >/dev/null; echo ok",
+    "id >/dev/null && ps >/dev/null && cat /proc/self/status >/dev/null && sleep 0.01 && echo ok",
+    "top -b -n 1 >/dev/null && echo ok",
+])
+def test_busybox_runs_under_default_profile(script):
+    code, out = _busybox_sh_under_default_profile(script)
+    assert code == 0
     assert out.strip().endswith(b"ok")
 
 
@@ -157,21 +163,6 @@ def test_busybox_httpd_and_wget_under_default_profile(tmp_path):
     port = random.randint(20000, 60000)
     script = (f"busybox httpd -f -p 127.0.0.1:{port} -h {tmp_path} & p=$!; sleep 0.3; "
               f"busybox wget -q -O - http://127.0.0.1:{port}/; rc=$?; kill $p; wait $p; exit $rc")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.dup2(w, 1)
-            seccomp.load(seccomp.default_profile())
-            os.execv(BUSYBOX, ["busybox", "sh", "-c", script])
-        finally:
-            os._exit(127)
-    os.close(w)
-    out = b""
-    while chunk := os.read(r, 4096):
-        out += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    code, out = _busybox_sh_under_default_profile(script)
+    assert code == 0
     assert b"virtkit-page" in out

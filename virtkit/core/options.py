@@ -32,6 +32,21 @@ def parse_size(value: str | int, field: str) -> int:
     return n
 
 
+def _bounded(req: dict[str, Any], key: str, conv: Any, what: str, lo: float, hi: float) -> Any:
+    """req[key] converted by `conv` and within [lo, hi], else InvalidArgument naming the field."""
+    try:
+        value = conv(req[key])
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{key}: not {what}: {req[key]!r}") from exc
+    if not lo <= value <= hi:
+        raise InvalidArgument(f"{key}: must be between {_num(lo)} and {_num(hi)} (got {_num(value)})")
+    return value
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     """Check and normalise a create request; returns the instance spec stored with the instance."""
     spec: dict[str, Any] = {}
@@ -51,26 +66,14 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     spec["env"] = list(env)
 
     if req.get("cpus") is not None:
-        try:
-            cpus = float(req["cpus"])
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"cpus: not a number: {req['cpus']!r}") from exc
-        if not 0.01 <= cpus <= MAX_CPUS:
-            raise InvalidArgument(f"cpus: must be between 0.01 and {MAX_CPUS:g} (got {cpus:g})")
-        spec["cpus"] = cpus
+        spec["cpus"] = _bounded(req, "cpus", float, "a number", 0.01, MAX_CPUS)
     if req.get("memory") is not None:
         mem = parse_size(req["memory"], "memory")
         if not MIN_MEMORY <= mem <= MAX_MEMORY:
             raise InvalidArgument(f"memory: must be between 6M and 1P (got {req['memory']!r})")
         spec["memory"] = mem
     if req.get("pids") is not None:
-        try:
-            pids = int(req["pids"])
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"pids: not an integer: {req['pids']!r}") from exc
-        if not 1 <= pids <= MAX_PIDS:
-            raise InvalidArgument(f"pids: must be between 1 and {MAX_PIDS} (got {pids})")
-        spec["pids"] = pids
+        spec["pids"] = _bounded(req, "pids", int, "an integer", 1, MAX_PIDS)
 
     volumes = []
     for v in req.get("volumes") or []:
