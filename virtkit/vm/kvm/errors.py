@@ -1,0 +1,23 @@
+"""Errors of the native VMM: one hierarchy, each naming what is wrong."""
+
+from __future__ import annotations
+
+
+class VmmError(Exception):
+    """Base of every native-VMM error."""
+
+
+class KvmUnavailable(VmmError):
+    """/dev/kvm is missing, unusable, or lacks a capability the VMM needs."""
+
+
+class GuestMemoryError(VmmError):
+    """A guest-physical access outside guest RAM (or across a hole)."""
+
+
+class BootError(VmmError):
+    """The kernel image cannot be loaded as asked (format, size, addresses)."""
+
+
+class DeviceError(VmmError):
+    """A device was driven into an invalid state by the guest or by its configuration."""
