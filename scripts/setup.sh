@@ -36,7 +36,7 @@ fi
 # They put this checkout and the venv's packages on sys.path themselves (pip's own launchers work too, slower).
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 for spec in "virtkit:virtkit.cli.main:main" "virtkit-runtime:virtkit.container.cli:entry" \
-            "virtkit-sched:virtkit.sched.cli:main"; do
+            "virtkit-sched:virtkit.sched.cli:main" "virtkit-vmm:virtkit.vm.kvm.cli:entry"; do
     IFS=: read -r cmd mod fn <<<"$spec"
     cat > ".venv/bin/$cmd" <<LAUNCHER
 #!$PWD/.venv/bin/python -IS

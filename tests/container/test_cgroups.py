@@ -67,6 +67,10 @@ def _v2(root: str):
     ({"blockIO": {"weight": 5}}, "linux.resources.blockIO.weight"),
     ({"devices": [{"allow": True, "access": "rwx"}]}, "linux.resources.devices[0].access"),
     ({"devices": [{"allow": "yes"}]}, "linux.resources.devices[0].allow"),
+    ({"memory": {"swappiness": 101}}, "linux.resources.memory.swappiness: must be 0..100 (got 101)"),
+    ({"memory": {"swappiness": -2}}, "linux.resources.memory.swappiness"),
+    ({"memory": {"swappiness": "60"}}, "linux.resources.memory.swappiness: must be an integer"),
+    ({"memory": {"disableOOMKiller": "yes"}}, "linux.resources.memory.disableOOMKiller: must be true or false"),
 ])
 def test_validation_names_the_field(resources, field):
     with pytest.raises(InvalidArgument) as info:
@@ -165,6 +169,38 @@ def test_v2_missing_controller_is_unsupported(tmp_path):
         mgr.apply({"pids": {"limit": 5}, "memory": {"limit": 1 << 20}})
     with open(os.path.join(root, "virtkit-test", "web", "pids.max")) as f:
         assert f.read() == "max"
+
+
+def test_swappiness_minus_one_means_the_default():
+    plan = validate_resources({"memory": {"swappiness": -1, "disableOOMKiller": False}})
+    assert plan.memory_swappiness is None and plan.disable_oom_killer is False
+    plan = validate_resources({"memory": {"swappiness": 0, "disableOOMKiller": True}})
+    assert plan.memory_swappiness == 0 and plan.disable_oom_killer is True
+
+
+@pytest.mark.parametrize("memory, field", [
+    ({"swappiness": 10}, "linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness"),
+    ({"disableOOMKiller": True}, "linux.resources.memory.disableOOMKiller: cgroup v2 cannot disable the OOM killer"),
+])
+def test_v2_refuses_v1_only_memory_settings_and_writes_nothing(tmp_path, memory, field):
+    root = _fixture_v2(tmp_path)
+    mgr, devices = _v2(root)
+    with pytest.raises(Unsupported) as info:
+        mgr.apply({"pids": {"limit": 32}, "memory": {"limit": 32 << 20, **memory}})
+    assert field in info.value.message
+    leaf = os.path.join(root, "virtkit-test", "web")
+    for name, unchanged in (("pids.max", "max"), ("memory.max", "max")):
+        with open(os.path.join(leaf, name)) as f:
+            assert f.read() == unchanged
+    assert devices == []
+
+
+def test_v2_accepts_the_defaults_of_v1_only_settings(tmp_path):
+    root = _fixture_v2(tmp_path)
+    mgr, _ = _v2(root)
+    mgr.apply({"memory": {"limit": 32 << 20, "swappiness": -1, "disableOOMKiller": False}})
+    with open(os.path.join(root, "virtkit-test", "web", "memory.max")) as f:
+        assert f.read() == str(32 << 20)
 
 
 def test_v2_stats_from_files(tmp_path):
@@ -309,6 +345,30 @@ def test_v1_memory_limit_oom_kills(v1_cgroup):
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert v1_cgroup.oom_killed()
     assert v1_cgroup.stats()["oom_kills"] >= 1
+
+
+@pytest.mark.root
+@needs_root
+def test_v1_swappiness_and_disabled_oom_killer(v1_cgroup):
+    """With the OOM killer off, a process over the limit waits for memory instead of being killed."""
+    import time
+    v1_cgroup.apply({"memory": {"limit": 32 << 20, "swap": 32 << 20, "swappiness": 7, "disableOOMKiller": True}})
+    memdir = v1_cgroup.v1_paths()["memory"]
+    with open(os.path.join(memdir, "memory.swappiness")) as f:
+        assert f.read().strip() == "7"
+    control = os.path.join(memdir, "memory.oom_control")
+    from virtkit.container.cgroups.base import read_keyed
+    assert read_keyed(control)["oom_kill_disable"] == 1
+    pid = _spawn(v1_cgroup, "b = bytearray(100 << 20)")
+    deadline = time.monotonic() + 30
+    while read_keyed(control).get("under_oom") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert read_keyed(control)["under_oom"] == 1          # stuck at the limit...
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0)          # ...but alive
+    assert not v1_cgroup.oom_killed()
+    v1_cgroup.kill_all(signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
 @pytest.mark.root

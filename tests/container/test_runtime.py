@@ -282,3 +282,24 @@ def test_failing_mount_reports_clear_error(runtime, cid, bundle, runtime_root):
     with pytest.raises(Exception, match="/no/such/dir on /x"):
         runtime.create(cid, bundle.path)
     assert os.listdir(runtime_root) == []
+
+
+def test_memory_swappiness_and_oom_killer_reach_the_cgroup(runtime, cid, bundle, runtime_root, uid):
+    from virtkit.container.cgroups import detect_version
+    if detect_version() != 1:
+        pytest.skip("cgroup v1 host only (v2 refuses these settings; see test_cgroups)")
+    bundle.spec["linux"]["resources"] = {"memory": {"limit": 64 << 20, "swappiness": 500}}
+    bundle.args("sleep", "30").save()
+    with pytest.raises(InvalidArgument, match=r"linux.resources.memory.swappiness: must be 0..100 \(got 500\)"):
+        runtime.create(cid, bundle.path)
+    assert os.listdir(runtime_root) == []
+    bundle.spec["linux"]["resources"]["memory"].update(swappiness=3, disableOOMKiller=True)
+    bundle.save()
+    runtime.create(cid, bundle.path)
+    memdir = f"/sys/fs/cgroup/memory/virtkit-test-{uid}/{cid}"
+    with open(f"{memdir}/memory.swappiness") as f:
+        assert f.read().strip() == "3"
+    with open(f"{memdir}/memory.oom_control") as f:
+        assert "oom_kill_disable 1" in f.read()
+    runtime.delete(cid, force=True)
+    assert not os.path.exists(memdir)

@@ -11,6 +11,8 @@ from virtkit.core.errors import InvalidArgument, InvalidState, SystemFailure
 
 # How often state is polled while waiting for the kernel (freeze, emptying before rmdir).
 POLL_INTERVAL = 0.005
+# How long kill_all tries to freeze a cgroup (so nothing forks away) before it kills without freezing.
+KILL_FREEZE_TIMEOUT = 2.0
 
 
 def normalize_path(path: str) -> str:
@@ -151,7 +153,7 @@ class CgroupManager:
     def pids(self) -> list[int]:
         raise NotImplementedError
 
-    def freeze(self) -> None:
+    def freeze(self, timeout: float = 5.0) -> None:
         raise NotImplementedError
 
     def thaw(self) -> None:
@@ -186,7 +188,12 @@ class CgroupManager:
     def kill_all(self, sig: int) -> None:
         """Signal every process; SIGKILL is sent while frozen so a forking process cannot escape."""
         if sig == signal.SIGKILL and self._can_freeze():
-            self.freeze()
+            try:
+                self.freeze(timeout=KILL_FREEZE_TIMEOUT)
+            except SystemFailure:
+                # a task asleep in the kernel cannot freeze (e.g. one waiting at its memory limit with the OOM
+                # killer disabled); SIGKILL still wakes it, so kill unfrozen rather than not at all
+                pass
             try:
                 self._signal_each(sig)
             finally:

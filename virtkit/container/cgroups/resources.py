@@ -29,6 +29,8 @@ class ResourcePlan:
     memory_limit: int | None
     memory_swap: int | None
     memory_reservation: int | None
+    memory_swappiness: int | None
+    disable_oom_killer: bool | None
     pids_limit: int | None
     blkio_weight: int | None
     devices: list[dict]
@@ -37,6 +39,8 @@ class ResourcePlan:
         self.cpu_shares = self.cpu_quota = self.cpu_period = None
         self.cpus = self.mems = None
         self.memory_limit = self.memory_swap = self.memory_reservation = None
+        self.memory_swappiness = None
+        self.disable_oom_killer = None
         self.pids_limit = self.blkio_weight = None
         self.devices = []
 
@@ -116,6 +120,15 @@ def validate_resources(resources: dict | None) -> ResourcePlan:
     if reservation is not None and reservation < -1:
         raise InvalidArgument(f"{F}.memory.reservation: must be >= 0 (got {reservation})")
     plan.memory_limit, plan.memory_swap, plan.memory_reservation = limit, swap, reservation
+    swappiness = _int(mem, "swappiness", f"{F}.memory.swappiness")
+    # -1 is what Docker and runc write for "the kernel's default" (OCI's uint64 holds no -1): leave it as is
+    if swappiness is not None and swappiness != -1 and not 0 <= swappiness <= 100:
+        raise InvalidArgument(f"{F}.memory.swappiness: must be 0..100 (got {swappiness})")
+    plan.memory_swappiness = None if swappiness == -1 else swappiness
+    oom = mem.get("disableOOMKiller")
+    if oom is not None and not isinstance(oom, bool):
+        raise InvalidArgument(f"{F}.memory.disableOOMKiller: must be true or false (got {oom!r})")
+    plan.disable_oom_killer = oom
 
     pids = _section(resources, "pids")
     pids_limit = _int(pids, "limit", f"{F}.pids.limit")

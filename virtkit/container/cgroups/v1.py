@@ -128,6 +128,13 @@ class V1Manager(CgroupManager):
         if plan.memory_reservation is not None:
             writes.append((self._need("memory", "memory.soft_limit_in_bytes", f"{F}.memory.reservation"),
                            plan.memory_reservation, f"{F}.memory.reservation"))
+        if plan.memory_swappiness is not None:
+            writes.append((self._need("memory", "memory.swappiness", f"{F}.memory.swappiness"),
+                           plan.memory_swappiness, f"{F}.memory.swappiness"))
+        if plan.disable_oom_killer:
+            # oom_kill_disable: a cgroup at its limit waits for memory (its tasks sleep) instead of losing one
+            writes.append((self._need("memory", "memory.oom_control", f"{F}.memory.disableOOMKiller"), 1,
+                           f"{F}.memory.disableOOMKiller"))
         if plan.pids_limit is not None:
             writes.append((self._need("pids", "pids.max", f"{F}.pids.limit"),
                            "max" if plan.pids_limit == -1 else plan.pids_limit, f"{F}.pids.limit"))

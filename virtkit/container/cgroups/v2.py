@@ -17,7 +17,7 @@ from virtkit.container.cgroups.base import (
     rmdir_tree,
     write_file,
 )
-from virtkit.container.cgroups.resources import F, cpu_max, shares_to_weight, validate_resources
+from virtkit.container.cgroups.resources import F, ResourcePlan, cpu_max, shares_to_weight, validate_resources
 from virtkit.core.errors import SystemFailure
 
 WANTED_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids")
@@ -80,6 +80,7 @@ class V2Manager(CgroupManager):
 
     def apply(self, resources: dict | None) -> None:
         plan = validate_resources(resources)
+        _refuse_v1_only(plan)
         writes: list[tuple[str, str | int, str | None]] = []
 
         def add(name: str, value: str | int, field: str) -> None:
@@ -180,3 +181,19 @@ class V2Manager(CgroupManager):
             remove_virtkit_parents(self.dir, self.root, self._created)
         except SystemFailure:
             pass
+
+
+def _refuse_v1_only(plan: ResourcePlan) -> None:
+    """Settings that only cgroup v1 has: refused before anything is written, as crun does.
+
+    runc ignores both silently on v2; a container that asked not to be OOM-killed (or to swap less) and runs
+    without that is worse than one that does not start and says why.
+    """
+    from virtkit.core.errors import Unsupported
+
+    if plan.memory_swappiness is not None:
+        raise Unsupported(f"{F}.memory.swappiness: cgroup v2 has no per-cgroup swappiness (memory.swappiness is "
+                          "a cgroup v1 file); remove it, or run on a cgroup v1 host")
+    if plan.disable_oom_killer:
+        raise Unsupported(f"{F}.memory.disableOOMKiller: cgroup v2 cannot disable the OOM killer (there is no "
+                          "memory.oom_control); remove it or set it to false, or run on a cgroup v1 host")

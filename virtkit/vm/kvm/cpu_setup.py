@@ -59,9 +59,11 @@ def write_tables(mem: GuestMemory, *, paging: bool) -> None:
     mem.write(IDT_ADDR, b"\0" * 8)
     if not paging:
         return
-    mem.write_u64(PML4_ADDR, PDPT_ADDR | 0x3)
-    mem.write(PDPT_ADDR, struct.pack("<4Q", *[(PD_ADDR + i * 0x1000) | 0x3 for i in range(4)]))
-    entries = [((i << 21) | 0x83) for i in range(4 * 512)]  # present, writable, 2 MiB page
+    # Accessed and Dirty are set up front so the CPU never writes the tables back: the dirty log then shows
+    # only pages the guest itself wrote.
+    mem.write_u64(PML4_ADDR, PDPT_ADDR | 0x23)
+    mem.write(PDPT_ADDR, struct.pack("<4Q", *[(PD_ADDR + i * 0x1000) | 0x23 for i in range(4)]))
+    entries = [((i << 21) | 0xE3) for i in range(4 * 512)]  # present, writable, accessed, dirty, 2 MiB page
     mem.write(PD_ADDR, struct.pack(f"<{len(entries)}Q", *entries))
 
 

@@ -11,11 +11,15 @@ class KvmUnavailable(VmmError):
     """/dev/kvm is missing, unusable, or lacks a capability the VMM needs."""
 
 
+class ConfigError(VmmError):
+    """What the user asked for is invalid (a usage error: virtkit-vmm exits 2)."""
+
+
 class GuestMemoryError(VmmError):
     """A guest-physical access outside guest RAM (or across a hole)."""
 
 
-class BootError(VmmError):
+class BootError(ConfigError):
     """The kernel image cannot be loaded as asked (format, size, addresses)."""
 
 

@@ -9,10 +9,9 @@ import struct
 from dataclasses import dataclass, field
 
 from virtkit.vm.kvm import abi
-from virtkit.vm.kvm.errors import GuestMemoryError
+from virtkit.vm.kvm.errors import ConfigError, GuestMemoryError
 from virtkit.vm.kvm.kvm import Vm
-from virtkit.vm.kvm.layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY, MMIO_HOLE_END, \
-    MMIO_HOLE_START, PAGE
+from virtkit.vm.kvm.layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY, MMIO_HOLE_END, MMIO_HOLE_START, PAGE
 
 MIN_MEMORY = 2 * 1024 * 1024
 
@@ -50,9 +49,9 @@ class GuestMemory:
 
     def __init__(self, size: int, vm: Vm | None = None, *, dirty_log: bool = False) -> None:
         if size < MIN_MEMORY:
-            raise GuestMemoryError(f"memory {size} bytes is too small: at least {MIN_MEMORY // 1024 // 1024} MiB")
+            raise ConfigError(f"memory {size} bytes is too small: at least {MIN_MEMORY // 1024 // 1024} MiB")
         if size % PAGE:
-            raise GuestMemoryError(f"memory {size} bytes is not a multiple of the {PAGE}-byte page")
+            raise ConfigError(f"memory {size} bytes is not a multiple of the {PAGE}-byte page")
         self.size = size
         self.vm = vm
         self.dirty_log = dirty_log
