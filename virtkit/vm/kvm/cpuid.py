@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 from virtkit.vm.kvm import abi
 from virtkit.vm.kvm.errors import ConfigError, VmmError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, json, dataclasses stay out of virtkit-vmm's start
+    from typing import Any
 
 EAX, EBX, ECX, EDX = "eax", "ebx", "ecx", "edx"
 
@@ -56,13 +55,14 @@ def _regs(text: str) -> tuple[int, int, int]:
     return (int.from_bytes(raw[0:4], "little"), int.from_bytes(raw[4:8], "little"), int.from_bytes(raw[8:12], "little"))
 
 
-@dataclass
 class CpuidPolicy:
     """vendor (leaf 0), hypervisor_signature (leaf 0x40000000), remove_features (by /proc/cpuinfo name)."""
 
-    vendor: str | None = None
-    hypervisor_signature: str | None = None
-    remove_features: list[str] = field(default_factory=list)
+    def __init__(self, vendor: str | None = None, hypervisor_signature: str | None = None,
+                 remove_features: list[str] | None = None) -> None:
+        self.vendor = vendor
+        self.hypervisor_signature = hypervisor_signature
+        self.remove_features = list(remove_features or [])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CpuidPolicy:
@@ -76,9 +76,12 @@ class CpuidPolicy:
         return policy
 
     @classmethod
-    def from_file(cls, path: str | Path) -> CpuidPolicy:
+    def from_file(cls, path: str) -> CpuidPolicy:
+        import json
+
         try:
-            data = json.loads(Path(path).read_text())
+            with open(path) as f:
+                data = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"CPUID policy {path}: no such file") from None
         except (ValueError, UnicodeDecodeError) as exc:

@@ -8,9 +8,6 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from virtkit.vm.kvm import cpu_setup, layout
 from virtkit.vm.kvm.bus import Bus
@@ -26,57 +23,74 @@ MAX_CPUS = 32
 SERIAL_KEEP = 1 << 20  # bytes of serial output kept in memory for serial_output / wait_serial
 
 
-@dataclass
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and pathlib stay out of virtkit-vmm's start (~5 ms); plain classes for the same reason
+    from os import PathLike
+    from typing import Any
+
+    PathArg = str | PathLike[str]
+
+
 class DiskConfig:
-    path: Path
-    readonly: bool = False
+    """A virtio-blk disk: a raw file, optionally read-only."""
+
+    __slots__ = ("path", "readonly")
+
+    def __init__(self, path: PathArg, readonly: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.readonly = readonly
 
 
-@dataclass
 class MachineConfig:
-    kernel: Path | None
-    kernel_format: str = "auto"
-    load_addr: int | None = None
-    entry: int | None = None
-    memory: int = 128 << 20
-    cpus: int = 1
-    cmdline: str = ""
-    initrd: Path | None = None
-    disks: list[DiskConfig] = field(default_factory=list)
-    net_tap: str | None = None
-    net_mac: str | None = None
-    rng: bool = False
-    cpuid_policy: CpuidPolicy | dict[str, Any] | str | Path | None = None
-    dirty_log: bool = False
-    serial_out: int | None = None        # an fd the guest's COM1 output is written to (None: kept in memory only)
-    serial_in: int | None = None         # an fd whose bytes the guest reads from COM1
+    """What a machine is built from; keyword arguments as in the `virtkit-vmm` flags."""
+
+    def __init__(self, kernel: PathArg | None, kernel_format: str = "auto", load_addr: int | None = None,
+                 entry: int | None = None, memory: int = 128 << 20, cpus: int = 1, cmdline: str = "",
+                 initrd: PathArg | None = None, disks: list[DiskConfig] | None = None, net_tap: str | None = None,
+                 net_mac: str | None = None, rng: bool = False,
+                 cpuid_policy: CpuidPolicy | dict[str, Any] | PathArg | None = None, dirty_log: bool = False,
+                 serial_out: int | None = None, serial_in: int | None = None) -> None:
+        self.kernel = os.fspath(kernel) if kernel is not None else None
+        self.kernel_format = kernel_format
+        self.load_addr, self.entry = load_addr, entry
+        self.memory, self.cpus, self.cmdline = memory, cpus, cmdline
+        self.initrd = os.fspath(initrd) if initrd is not None else None
+        self.disks = list(disks or [])
+        self.net_tap, self.net_mac, self.rng = net_tap, net_mac, rng
+        self.cpuid_policy = cpuid_policy
+        self.dirty_log = dirty_log
+        self.serial_out = serial_out      # an fd the guest's COM1 output is written to (None: kept in memory only)
+        self.serial_in = serial_in        # an fd whose bytes the guest reads from COM1
 
     def policy(self) -> CpuidPolicy | None:
         if self.cpuid_policy is None or isinstance(self.cpuid_policy, CpuidPolicy):
             return self.cpuid_policy
         if isinstance(self.cpuid_policy, dict):
             return CpuidPolicy.from_dict(self.cpuid_policy)
-        return CpuidPolicy.from_file(self.cpuid_policy)
+        return CpuidPolicy.from_file(os.fspath(self.cpuid_policy))
 
     def validate(self) -> None:
         if not 1 <= self.cpus <= MAX_CPUS:
             raise ConfigError(f"cpus {self.cpus}: must be between 1 and {MAX_CPUS}")
-        if self.kernel is not None and not Path(self.kernel).is_file():
+        if self.kernel is not None and not os.path.isfile(self.kernel):
             raise BootError(f"kernel {self.kernel}: no such file")
-        if self.initrd is not None and not Path(self.initrd).is_file():
+        if self.initrd is not None and not os.path.isfile(self.initrd):
             raise BootError(f"initrd {self.initrd}: no such file")
         for disk in self.disks:
-            if not Path(disk.path).is_file():
+            if not os.path.isfile(disk.path):
                 raise ConfigError(f"disk {disk.path}: no such file")
 
 
-@dataclass
 class ExitInfo:
     """How the machine ended: reason "exit-port" (status is the byte), "shutdown", "reset" or "error"."""
 
-    reason: str
-    status: int | None
-    message: str = ""
+    __slots__ = ("reason", "status", "message")
+
+    def __init__(self, reason: str, status: int | None, message: str = "") -> None:
+        self.reason, self.status, self.message = reason, status, message
+
+    def __repr__(self) -> str:
+        return f"ExitInfo(reason={self.reason!r}, status={self.status!r}, message={self.message!r})"
 
 
 class Machine:
@@ -192,8 +206,12 @@ class Machine:
         from virtkit.vm.kvm.boot import load_kernel
 
         assert self.config.kernel is not None
-        image = Path(self.config.kernel).read_bytes()
-        initrd = Path(self.config.initrd).read_bytes() if self.config.initrd else None
+        with open(self.config.kernel, "rb") as f:
+            image = f.read()
+        initrd = None
+        if self.config.initrd:
+            with open(self.config.initrd, "rb") as f:
+                initrd = f.read()
         plan = load_kernel(self.memory, image, self.config.kernel_format, cmdline=self.cmdline, initrd=initrd,
                            load_addr=self.config.load_addr, entry=self.config.entry)
         cpu_setup.write_tables(self.memory, paging=plan.mode == "long64")
@@ -325,14 +343,18 @@ class Machine:
             return True
 
     # -- snapshot, stats --------------------------------------------------------------------------------------
-    def save_snapshot(self, directory: str | Path) -> None:
+    def save_snapshot(self, directory: PathArg) -> None:
+        from pathlib import Path
+
         from virtkit.vm.kvm.snapshot import save
 
         save(self, Path(directory))
 
     @classmethod
-    def restore(cls, directory: str | Path, *, serial_out: int | None = None,
+    def restore(cls, directory: PathArg, *, serial_out: int | None = None,
                 serial_in: int | None = None) -> Machine:
+        from pathlib import Path
+
         from virtkit.vm.kvm.snapshot import restore
 
         return restore(cls, Path(directory), serial_out=serial_out, serial_in=serial_in)

@@ -128,7 +128,7 @@ def restore(cls: type[Machine], directory: Path, *, serial_out: int | None, seri
     saved = state["config"]
     config = MachineConfig(
         kernel=None, memory=saved["memory"], cpus=saved["cpus"], cmdline="",
-        disks=[DiskConfig(Path(d["path"]), d["readonly"]) for d in saved["disks"]],
+        disks=[DiskConfig(d["path"], d["readonly"]) for d in saved["disks"]],
         net_tap=saved["net_tap"], net_mac=saved["net_mac"], rng=saved["rng"], dirty_log=saved["dirty_log"],
         cpuid_policy=CpuidPolicy.from_dict(saved["cpuid_policy"]) if saved["cpuid_policy"] else None,
         serial_out=serial_out, serial_in=serial_in,

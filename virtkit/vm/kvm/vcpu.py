@@ -8,7 +8,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from virtkit.vm.kvm import abi
 from virtkit.vm.kvm.bus import Bus
@@ -19,13 +18,15 @@ KICK_SIGNAL = signal.SIGUSR1  # interrupts KVM_RUN in a vCPU thread (immediate_e
 _SIZES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-@dataclass
 class Stop:
     """Why the guest stopped: the exit port's byte, a shutdown/reset, or an error."""
 
-    reason: str                      # "exit-port" | "shutdown" | "reset" | "triple-fault" | "error"
-    status: int | None = None
-    message: str = ""
+    __slots__ = ("reason", "status", "message")
+
+    def __init__(self, reason: str, status: int | None = None, message: str = "") -> None:
+        self.reason = reason      # "exit-port" | "shutdown" | "reset" | "triple-fault" | "error"
+        self.status = status
+        self.message = message
 
 
 def install_kick_handler() -> None:
