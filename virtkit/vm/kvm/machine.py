@@ -136,6 +136,7 @@ class Machine:
         self.vm.create_pit2()
         self.memory = GuestMemory(self.config.memory, self.vm, dirty_log=self.config.dirty_log)
         self._closers.append(self.memory.close)
+        self.memory.add_readonly(layout.ROM_ADDR, layout.ROM_SIGNATURE + self.config.cpus.to_bytes(4, "little"))
         self.io_bus, self.mmio_bus = Bus("port I/O"), Bus("MMIO")
         self._legacy_devices()
         self._virtio_devices()
