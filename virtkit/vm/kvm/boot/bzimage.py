@@ -8,18 +8,26 @@ Why 1 MiB and not pref_address: the 64-bit entry of the compressed kernel is pos
 moves the kernel to where it will run -- max(load address aligned up to kernel_alignment, pref_address) for a
 relocatable kernel, pref_address for any other -- and needs init_size bytes there. So the image can sit at 1 MiB,
 and what must fit in guest RAM is the union of the image and that runtime footprint (kernel_range).
+
+The initrd goes as high as initrd_addr_max and the RAM below the MMIO hole allow, always below 4 GiB (so
+XLF_CAN_BE_LOADED_ABOVE_4G is not needed and ext_ramdisk_image stays 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from virtkit.vm.kvm.boot.common import BOOT_STACK, BootPlan, align_up, check_fits, encode_cmdline, place_initrd, \
-    write_cmdline, write_initrd
-from virtkit.vm.kvm.boot.zeropage import BP_HDR, BP_HDR_END, CAN_USE_HEAP, HDR_CMDLINE_SIZE, HDR_CODE32_START, \
-    HDR_END, HDR_HEADER, HDR_HEAP_END_PTR, HDR_INIT_SIZE, HDR_INITRD_ADDR_MAX, HDR_JUMP, HDR_KERNEL_ALIGNMENT, \
-    HDR_LOADFLAGS, HDR_MAGIC, HDR_PREF_ADDRESS, HDR_RELOCATABLE_KERNEL, HDR_SETUP_SECTS, HDR_SYSSIZE, \
-    HDR_VERSION, HDR_XLOADFLAGS, LOADED_HIGH, XLF_KERNEL_64, build_zero_page, get, put
+from virtkit.vm.kvm.boot import zeropage as zp
+from virtkit.vm.kvm.boot.common import (
+    BOOT_STACK,
+    BootPlan,
+    align_up,
+    check_fits,
+    encode_cmdline,
+    place_initrd,
+    write_cmdline,
+    write_initrd,
+)
 from virtkit.vm.kvm.errors import BootError
 from virtkit.vm.kvm.layout import CMDLINE_MAX, DEFAULT_LOAD_ADDR, ZERO_PAGE
 from virtkit.vm.kvm.memory import GuestMemory
@@ -57,47 +65,47 @@ class SetupHeader:
 
 def parse_header(image: bytes) -> SetupHeader:
     """The setup header of `image`, or a BootError saying why this is not a bootable 64-bit bzImage."""
-    if len(image) < HDR_END:
+    if len(image) < zp.HDR_END:
         raise BootError(f"kernel image is too small for a bzImage: {len(image)} bytes, the setup header alone "
-                        f"ends at {HDR_END:#x}")
-    if image[HDR_HEADER:HDR_HEADER + 4] != HDR_MAGIC:
-        raise BootError(f"not a bzImage: no 'HdrS' signature at {HDR_HEADER:#x}")
-    version = get(image, HDR_VERSION, "H")
+                        f"ends at {zp.HDR_END:#x}")
+    if image[zp.HDR_HEADER:zp.HDR_HEADER + 4] != zp.HDR_MAGIC:
+        raise BootError(f"not a bzImage: no 'HdrS' signature at {zp.HDR_HEADER:#x}")
+    version = zp.get(image, zp.HDR_VERSION, "H")
     if version < MIN_VERSION:
         raise BootError(f"bzImage boot protocol {_version(version)} is too old: virtkit needs "
                         f"{_version(MIN_VERSION)} or later")
     if version < XLOADFLAGS_VERSION:
         raise BootError(f"bzImage boot protocol {_version(version)} cannot declare a 64-bit entry (xloadflags "
                         f"came with {_version(XLOADFLAGS_VERSION)}, Linux 3.8): virtkit enters kernels in 64-bit mode")
-    xloadflags = get(image, HDR_XLOADFLAGS, "H")
-    if not xloadflags & XLF_KERNEL_64:
+    xloadflags = zp.get(image, zp.HDR_XLOADFLAGS, "H")
+    if not xloadflags & zp.XLF_KERNEL_64:
         raise BootError("bzImage has no 64-bit entry (xloadflags XLF_KERNEL_64 is clear): a 32-bit kernel "
                         "cannot be booted here")
-    if not get(image, HDR_LOADFLAGS, "B") & LOADED_HIGH:
+    if not zp.get(image, zp.HDR_LOADFLAGS, "B") & zp.LOADED_HIGH:
         raise BootError("image is a zImage (loadflags LOADED_HIGH clear): only bzImages, loaded at 1 MiB, are "
                         "supported")
-    setup_sects = get(image, HDR_SETUP_SECTS, "B") or DEFAULT_SETUP_SECTS
+    setup_sects = zp.get(image, zp.HDR_SETUP_SECTS, "B") or DEFAULT_SETUP_SECTS
     setup_size = (setup_sects + 1) * SECTOR
     if len(image) <= setup_size:
         raise BootError(f"bzImage is truncated: its setup area is {setup_size} bytes ({setup_sects} setup sectors) "
                         f"but the file has only {len(image)}")
-    # syssize counts the protected-mode kernel in 16-byte paragraphs: fewer bytes than that means a cut-off file
-    kernel_size = get(image, HDR_SYSSIZE, "I") * 16
-    if len(image) - setup_size < kernel_size:
-        raise BootError(f"bzImage is truncated: its header announces a {kernel_size}-byte kernel after the setup "
-                        f"area, the file holds {len(image) - setup_size}")
-    header_end = min(HDR_HEADER + image[HDR_JUMP + 1], BP_HDR_END, setup_size)
+    # syssize counts the protected-mode kernel in 16-byte paragraphs, rounded up: fewer means a cut-off file
+    paragraphs = zp.get(image, zp.HDR_SYSSIZE, "I")
+    if (len(image) - setup_size + 15) // 16 < paragraphs:
+        raise BootError(f"bzImage is truncated: its header announces a kernel of {paragraphs * 16} bytes after the "
+                        f"setup area, the file holds {len(image) - setup_size}")
+    header_end = min(zp.HDR_HEADER + image[zp.HDR_JUMP + 1], zp.BP_HDR_END, setup_size)
     return SetupHeader(
         setup_size=setup_size,
         version=version,
         xloadflags=xloadflags,
-        relocatable=bool(get(image, HDR_RELOCATABLE_KERNEL, "B")),
-        kernel_alignment=get(image, HDR_KERNEL_ALIGNMENT, "I"),
-        pref_address=get(image, HDR_PREF_ADDRESS, "Q"),
-        init_size=get(image, HDR_INIT_SIZE, "I"),
-        cmdline_size=get(image, HDR_CMDLINE_SIZE, "I"),
-        initrd_addr_max=get(image, HDR_INITRD_ADDR_MAX, "I") or INITRD_ADDR_MAX_OLD,
-        raw=bytes(image[BP_HDR:header_end]),
+        relocatable=bool(zp.get(image, zp.HDR_RELOCATABLE_KERNEL, "B")),
+        kernel_alignment=zp.get(image, zp.HDR_KERNEL_ALIGNMENT, "I"),
+        pref_address=zp.get(image, zp.HDR_PREF_ADDRESS, "Q"),
+        init_size=zp.get(image, zp.HDR_INIT_SIZE, "I"),
+        cmdline_size=zp.get(image, zp.HDR_CMDLINE_SIZE, "I"),
+        initrd_addr_max=zp.get(image, zp.HDR_INITRD_ADDR_MAX, "I") or INITRD_ADDR_MAX_OLD,
+        raw=bytes(image[zp.BP_HDR:header_end]),
     )
 
 
@@ -127,11 +135,11 @@ def load_bzimage(mem: GuestMemory, image: bytes, *, cmdline: str, initrd: bytes 
     mem.write(load, kernel)
     cmdline_addr = write_cmdline(mem, raw_cmdline)
     write_initrd(mem, initrd, placed)
-    bp = build_zero_page(mem, header=hdr.raw, cmdline_addr=cmdline_addr, cmdline_limit=hdr.cmdline_size,
-                         initrd=placed)
-    put(bp, HDR_LOADFLAGS, "B", bp[HDR_LOADFLAGS] | CAN_USE_HEAP)
-    put(bp, HDR_HEAP_END_PTR, "H", HEAP_END - 0x200)
-    put(bp, HDR_CODE32_START, "I", load)
+    bp = zp.build_zero_page(mem, header=hdr.raw, cmdline_addr=cmdline_addr, cmdline_limit=hdr.cmdline_size,
+                            initrd=placed)
+    zp.put(bp, zp.HDR_LOADFLAGS, "B", bp[zp.HDR_LOADFLAGS] | zp.CAN_USE_HEAP)
+    zp.put(bp, zp.HDR_HEAP_END_PTR, "H", HEAP_END - 0x200)
+    zp.put(bp, zp.HDR_CODE32_START, "I", load)
     mem.write(ZERO_PAGE, bp)
     return BootPlan(mode="long64", entry=load + ENTRY_64_OFFSET, stack=BOOT_STACK, boot_params=ZERO_PAGE,
                     kernel_range=kernel_range, format="bzimage", initrd_range=placed)

@@ -7,9 +7,6 @@ the kernel is loaded and would overwrite it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from virtkit.vm.kvm.errors import BootError
 from virtkit.vm.kvm.layout import CMDLINE_ADDR, CMDLINE_MAX, E820_RAM, HIGH_MEMORY, MMIO_HOLE_START, PAGE, MiB
 from virtkit.vm.kvm.memory import GuestMemory
@@ -19,20 +16,42 @@ LOW_RESERVED_END = CMDLINE_ADDR + CMDLINE_MAX
 # boot stack (Linux switches to its own stack at once; the test guests use a few hundred bytes).
 BOOT_STACK = CMDLINE_ADDR
 
-Mode = Literal["long64", "prot32"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of virtkit-vmm's start
+    from typing import Literal
+
+    Mode = Literal["long64", "prot32"]
 
 
-@dataclass(frozen=True)
 class BootPlan:
-    """How to enter a loaded kernel: the Machine turns it into write_tables + setup_long_mode/setup_protected_mode."""
+    """How to enter a loaded kernel: the Machine turns it into write_tables + setup_long_mode/setup_protected_mode.
 
-    mode: Mode
-    entry: int
-    stack: int
-    boot_params: int                        # RSI for long64 (the zero page; 0 for flat), EBX for prot32
-    kernel_range: tuple[int, int]           # [start, end) of guest RAM the kernel owns, its runtime footprint too
-    format: str                             # "bzimage", "elf" or "flat": what was actually loaded
-    initrd_range: tuple[int, int] | None = None
+    A plain class (equality and repr by field), not a dataclass: importing dataclasses costs virtkit-vmm ~7 ms.
+    """
+
+    __slots__ = ("mode", "entry", "stack", "boot_params", "kernel_range", "format", "initrd_range")
+
+    def __init__(self, mode: Mode, entry: int, stack: int, boot_params: int, kernel_range: tuple[int, int],
+                 format: str, initrd_range: tuple[int, int] | None = None) -> None:  # noqa: A002 - the field name
+        self.mode = mode
+        self.entry = entry
+        self.stack = stack
+        self.boot_params = boot_params      # RSI for long64 (the zero page; 0 for flat), EBX for prot32
+        self.kernel_range = kernel_range    # [start, end) of guest RAM the kernel owns, its runtime footprint too
+        self.format = format                # "bzimage", "elf" or "flat": what was actually loaded
+        self.initrd_range = initrd_range
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BootPlan) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "BootPlan(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 def mib(size: int) -> int:
@@ -116,6 +135,18 @@ def place_initrd(mem: GuestMemory, initrd: bytes | None, *, above: int, limit: i
         raise BootError(f"initrd of {mib(len(initrd))} MiB does not fit: {room // 1024} KiB are free between the "
                         f"kernel's end {floor:#x} and {top:#x} (memory {mib(mem.size)} MiB)")
     return start, start + len(initrd)
+
+
+_ZEROS = bytes(MiB)
+
+
+def zero_fill(mem: GuestMemory, start: int, length: int) -> None:
+    """Zero guest RAM a MiB at a time: a kernel's .bss can be large, and a zeroed copy of it need not exist."""
+    done = 0
+    while done < length:
+        n = min(length - done, MiB)
+        mem.write(start + done, _ZEROS[:n] if n < MiB else _ZEROS)
+        done += n
 
 
 def write_initrd(mem: GuestMemory, initrd: bytes | None, placed: tuple[int, int] | None) -> None:
