@@ -180,8 +180,7 @@ class Machine:
                 self._closers.append(functools.partial(os.close, notify_fd))
                 self.vm.ioeventfd(notify_fd, base + 0x50, 4, datamatch=queue)
                 self._event_fds.append((notify_fd, self._notifier(device, queue, notify_fd)))
-            self._event_fds.extend(device.event_sources())
-            self.virtio.append({"device": device, "base": base, "gsi": gsi})
+            self.virtio.append({"device": device, "base": base, "gsi": gsi, "irq_fd": irq_fd})
 
     @staticmethod
     def _raiser(fd: int) -> Callable[[], None]:
@@ -286,11 +285,20 @@ class Machine:
         except OSError:
             pass
 
+    def _event_sources(self) -> dict[int, Callable[[], None]]:
+        """What the event loop polls now: queue notifications, serial input, and each device's own fds (a
+        device drops an fd from its list at EOF, and the loop then stops polling it)."""
+        sources = dict(self._event_fds)
+        for entry in self.virtio:
+            sources.update(entry["device"].event_sources())
+        return sources
+
     def _event_loop(self) -> None:
         selector = selectors.DefaultSelector()
         try:
             selector.register(self._wake_r, selectors.EVENT_READ, None)
-            for fd, callback in self._event_fds:
+            current = self._event_sources()
+            for fd, callback in current.items():
                 selector.register(fd, selectors.EVENT_READ, callback)
             while not self._stopped.is_set():
                 for key, _ in selector.select():
@@ -302,6 +310,10 @@ class Machine:
                     except Exception as exc:  # a device failing must end the VM with the reason
                         self._request_stop(Stop("error", None, f"device event: {type(exc).__name__}: {exc}"))
                         return
+                wanted = self._event_sources()
+                for fd in current.keys() - wanted.keys():
+                    selector.unregister(fd)
+                current = {fd: cb for fd, cb in current.items() if fd in wanted}
         finally:
             selector.close()
 

@@ -154,6 +154,9 @@ def restore(cls: type[Machine], directory: Path, *, serial_out: int | None, seri
         machine.serial.restore(state["serial"])
         for entry, device_state in zip(machine.virtio, state["virtio"], strict=True):
             entry["device"].restore(device_state)
+            if device_state.get("interrupt_status"):
+                # an interrupt the guest had not yet acknowledged: raise it again (a spurious one is harmless)
+                os.eventfd_write(entry["irq_fd"], 1)
         machine.cmdline = saved["cmdline"]
     except BaseException:
         machine.close()

@@ -188,7 +188,13 @@ class VirtioMmioDevice:
                 indirect = bool(self._driver_features & (1 << S.VIRTIO_RING_F_INDIRECT_DESC))
                 for q in self.queues:
                     q.indirect = indirect
+        started = value & S.VIRTIO_CONFIG_S_DRIVER_OK and not self.status & S.VIRTIO_CONFIG_S_DRIVER_OK
         self.status = value | (self.status & S.VIRTIO_CONFIG_S_NEEDS_RESET)
+        if started:
+            # buffers the driver made available (and notified) before DRIVER_OK were not consumed then
+            for q in self.queues:
+                if self.queue(q.index) is not None:
+                    self._run(functools.partial(self.backend.process, q.index, q))
 
     def reset(self) -> None:
         """Device reset (the driver wrote 0 to Status): registers, queues and backend session state."""
@@ -299,7 +305,7 @@ class VirtioMmioDevice:
                 if key in self.counters and isinstance(value, int):
                     self.counters[key] = value
             indirect = bool(self._driver_features & (1 << S.VIRTIO_RING_F_INDIRECT_DESC))
-            for q, q_state in zip(self.queues, queues):
+            for q, q_state in zip(self.queues, queues, strict=True):
                 q.restore(q_state)
                 q.indirect = indirect
             self.backend.restore(backend_state)

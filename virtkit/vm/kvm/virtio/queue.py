@@ -15,8 +15,14 @@ from typing import Any
 
 from virtkit.vm.kvm.errors import DeviceError, GuestMemoryError
 from virtkit.vm.kvm.memory import GuestMemory
-from virtkit.vm.kvm.virtio.spec import VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, \
-    VRING_DESC_F_WRITE, VRING_DESC_SIZE, VRING_USED_ELEM_SIZE
+from virtkit.vm.kvm.virtio.spec import (
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    VRING_DESC_SIZE,
+    VRING_USED_ELEM_SIZE,
+)
 
 Segment = tuple[int, int]            # (guest-physical address, length)
 _DESC = struct.Struct("<QIHH")       # struct vring_desc: addr, len, flags, next
@@ -182,8 +188,7 @@ class Virtqueue:
                 if length:
                     chain.writable.append((addr, length))
             elif chain.writable:
-                chain.error = f"descriptor {index}: driver-readable after a device-writable descriptor"
-                return chain
+                chain.error = chain.error or f"descriptor {index}: driver-readable after a device-writable one"
             elif length:
                 chain.readable.append((addr, length))
             if not flags & VRING_DESC_F_NEXT:
