@@ -71,6 +71,7 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "--net": ("str", "TAP", "virtio-net on this TAP device"),
     "--mac": ("str", "MAC", "the guest's MAC address"),
     "--rng": ("flag", "", "add a virtio-rng device"),
+    "--console": ("flag", "", "add a virtio-console (hvc0); its output joins the serial output"),
     "--cpuid-policy": ("str", "FILE.json", "CPUID policy: vendor, hypervisor_signature, remove_features"),
     "--serial": ("str", "stdio|FILE", "where COM1 goes (default stdio)"),
     "--snapshot-to": ("str", "DIR", "on SIGUSR2 (or an API snapshot with exit) save the machine to DIR, exit 0"),
@@ -94,7 +95,8 @@ def parse(argv: list[str]) -> dict[str, object]:
     """argv -> {dest: value}; every default present. Raises UsageError naming the bad flag."""
     args: dict[str, object] = {"kernel": None, "kernel_format": "auto", "load_addr": None, "entry": None,
                                "memory": 128 << 20, "cpus": 1, "cmdline": "", "initrd": None, "disk": [],
-                               "net": None, "mac": None, "rng": False, "cpuid_policy": None, "serial": "stdio",
+                               "net": None, "mac": None, "rng": False, "console": False, "cpuid_policy": None,
+                               "serial": "stdio",
                                "snapshot_to": None, "restore_from": None, "api_sock": None, "stats": False}
     i = 0
     while i < len(argv):
@@ -182,7 +184,7 @@ def run(argv: list[str]) -> int:
                 kernel=args.kernel, kernel_format=args.kernel_format, load_addr=args.load_addr, entry=args.entry,
                 memory=args.memory, cpus=args.cpus, cmdline=args.cmdline, initrd=args.initrd,
                 disks=_disks(args.disk),
-                net_tap=args.net, net_mac=args.mac, rng=args.rng,
+                net_tap=args.net, net_mac=args.mac, rng=args.rng, console=args.console,
                 cpuid_policy=args.cpuid_policy, serial_out=serial_fd, serial_in=serial_in,
             )
             machine = Machine(config)

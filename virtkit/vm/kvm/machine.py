@@ -47,7 +47,7 @@ class MachineConfig:
     def __init__(self, kernel: PathArg | None, kernel_format: str = "auto", load_addr: int | None = None,
                  entry: int | None = None, memory: int = 128 << 20, cpus: int = 1, cmdline: str = "",
                  initrd: PathArg | None = None, disks: list[DiskConfig] | None = None, net_tap: str | None = None,
-                 net_mac: str | None = None, rng: bool = False,
+                 net_mac: str | None = None, rng: bool = False, console: bool = False,
                  cpuid_policy: CpuidPolicy | dict[str, Any] | PathArg | None = None, dirty_log: bool = False,
                  serial_out: int | None = None, serial_in: int | None = None) -> None:
         self.kernel = os.fspath(kernel) if kernel is not None else None
@@ -57,6 +57,7 @@ class MachineConfig:
         self.initrd = os.fspath(initrd) if initrd is not None else None
         self.disks = list(disks or [])
         self.net_tap, self.net_mac, self.rng = net_tap, net_mac, rng
+        self.console = console            # a virtio-console (hvc0) whose output joins the serial output
         self.cpuid_policy = cpuid_policy
         self.dirty_log = dirty_log
         self.serial_out = serial_out      # an fd the guest's COM1 output is written to (None: kept in memory only)
@@ -159,7 +160,7 @@ class Machine:
             self._event_fds.append((fd, lambda: self._serial_input(fd)))
 
     def _virtio_devices(self) -> None:
-        if not (self.config.disks or self.config.net_tap or self.config.rng):
+        if not (self.config.disks or self.config.net_tap or self.config.rng or self.config.console):
             return
         from virtkit.vm.kvm import virtio  # imported only when a machine has virtio devices
 
@@ -168,6 +169,8 @@ class Machine:
             backends.append(virtio.NetBackend(self.config.net_tap, mac=self.config.net_mac))
         if self.config.rng:
             backends.append(virtio.RngBackend())
+        if self.config.console:
+            backends.append(virtio.ConsoleBackend(self._serial_output))
         for index, backend in enumerate(backends):
             base = layout.VIRTIO_MMIO_BASE + index * layout.VIRTIO_MMIO_SIZE
             gsi = layout.VIRTIO_IRQ_BASE + index

@@ -92,7 +92,7 @@ def save(machine: Machine, directory: Path) -> None:
             "config": {
                 "memory": config.memory, "cpus": config.cpus, "cmdline": machine.cmdline,
                 "disks": [{"path": str(d.path), "readonly": d.readonly} for d in config.disks],
-                "net_tap": config.net_tap, "net_mac": config.net_mac, "rng": config.rng,
+                "net_tap": config.net_tap, "net_mac": config.net_mac, "rng": config.rng, "console": config.console,
                 "dirty_log": config.dirty_log, "cpuid_policy": policy.to_dict() if policy else None,
             },
             "memory": [],
@@ -129,7 +129,8 @@ def restore(cls: type[Machine], directory: Path, *, serial_out: int | None, seri
     config = MachineConfig(
         kernel=None, memory=saved["memory"], cpus=saved["cpus"], cmdline="",
         disks=[DiskConfig(d["path"], d["readonly"]) for d in saved["disks"]],
-        net_tap=saved["net_tap"], net_mac=saved["net_mac"], rng=saved["rng"], dirty_log=saved["dirty_log"],
+        net_tap=saved["net_tap"], net_mac=saved["net_mac"], rng=saved["rng"], console=saved.get("console", False),
+        dirty_log=saved["dirty_log"],
         cpuid_policy=CpuidPolicy.from_dict(saved["cpuid_policy"]) if saved["cpuid_policy"] else None,
         serial_out=serial_out, serial_in=serial_in,
     )
