@@ -194,7 +194,8 @@ class Vcpu:
         except InterruptedError:
             self.run_struct.exit_reason = abi.EXIT_INTR
         except OSError as exc:
-            if exc.errno == errno.EINTR:
+            # EAGAIN: an application processor woke from its wait for INIT/SIPI; it is entered again
+            if exc.errno in (errno.EINTR, errno.EAGAIN):
                 self.run_struct.exit_reason = abi.EXIT_INTR
             else:
                 raise VmmError(f"KVM_RUN on vCPU {self.index} failed: {os.strerror(exc.errno or 0)}") from exc

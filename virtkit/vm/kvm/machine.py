@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from virtkit.vm.kvm import cpu_setup, layout
+from virtkit.vm.kvm import cpu_setup, layout, mptable
 from virtkit.vm.kvm.bus import Bus
 from virtkit.vm.kvm.cpuid import CpuidPolicy, guest_cpuid
 from virtkit.vm.kvm.devices.legacy import I8042, ExitPort, PostPort
@@ -218,6 +218,7 @@ class Machine:
         plan = load_kernel(self.memory, image, self.config.kernel_format, cmdline=self.cmdline, initrd=initrd,
                            load_addr=self.config.load_addr, entry=self.config.entry)
         cpu_setup.write_tables(self.memory, paging=plan.mode == "long64")
+        mptable.write(self.memory, self.config.cpus)
         return plan
 
     def _create_vcpus(self, plan: Any) -> None:
