@@ -14,7 +14,7 @@ from virtkit.vm.qemu.driver import QemuDriver
 
 
 def vm_processes() -> set[int]:
-    """QEMUs of virtkit (named virtkit-<id>) and their waiters, by command line."""
+    """QEMUs of virtkit (named virtkit-<id>), virtkit-vmm processes and their waiters, by command line."""
     pids: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -24,7 +24,8 @@ def vm_processes() -> set[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if (b"qemu-system" in cmd and b"virtkit-" in cmd) or b"virtkit.vm.qemu.waiter" in cmd:
+        if (b"qemu-system" in cmd and b"virtkit-" in cmd) or b"virtkit.vm.qemu.waiter" in cmd \
+                or b"virtkit.vm.kvm.cli" in cmd:
             pids.add(int(entry))
     return pids
 

@@ -169,7 +169,8 @@ def run(argv: list[str]) -> int:
     if args.serial == "stdio":
         serial_fd = sys.stdout.fileno()
     else:
-        serial_fd = os.open(args.serial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        # appended to, like a console log: a restored or restarted machine continues the same file
+        serial_fd = os.open(args.serial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         close_serial = True
     serial_in = sys.stdin.fileno() if args.serial == "stdio" and not sys.stdin.closed and _readable(0) else None
     api = None
@@ -213,7 +214,13 @@ def run(argv: list[str]) -> int:
             def on_usr2(_signum: int, _frame: object) -> None:
                 threading.Thread(target=save_and_exit, name="vmm-snapshot", daemon=True).start()
             signal.signal(signal.SIGUSR2, on_usr2)
-        signal.signal(signal.SIGTERM, lambda _s, _f: machine.stop("SIGTERM") if machine else None)
+        terminated = threading.Event()
+
+        def on_term(_signum: int, _frame: object) -> None:
+            terminated.set()
+            if machine is not None:
+                machine.stop("stopped by SIGTERM")
+        signal.signal(signal.SIGTERM, on_term)
         machine.start()
         info = None
         while info is None:
@@ -224,9 +231,13 @@ def run(argv: list[str]) -> int:
             print(json.dumps(machine.stats()), file=sys.stderr)
         if saved.is_set():
             return 0
+        if terminated.is_set():
+            return 128 + signal.SIGTERM
         if info.reason == "exit-port":
             return int(info.status or 0)
         if info.reason in ("shutdown", "reset"):
+            # status 0 as for a clean end, but said: a supervisor can tell a reset from the guest's own exit
+            print(f"virtkit-vmm: {info.message}", file=sys.stderr)
             return 0
         print(f"virtkit-vmm: {info.message}", file=sys.stderr)
         return EXIT_FAILURE

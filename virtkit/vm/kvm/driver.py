@@ -175,9 +175,6 @@ class NativeDriver(VmProcessDriver):
         return answer
 
     # -- state ----------------------------------------------------------------------------------------
-    def _console_offset(self, instance: Instance) -> int:
-        return 0                       # virtkit-vmm opens console.log with O_TRUNC
-
     def _ready(self, instance: Instance) -> bool:
         """The API socket is made once the machine is built (kernel loaded): before, virtkit-vmm may still fail."""
         if not os.path.exists(self.control_socket(instance)):
@@ -212,9 +209,11 @@ class NativeDriver(VmProcessDriver):
 
     def _process_exit_status(self, instance: Instance, rec: dict[str, Any], finished: float) -> ExitStatus:
         code = int(rec["code"])
-        if self._stop_requested(instance) and code == 0:
+        if self._stop_requested(instance) and code in (0, 128 + signal.SIGTERM):
             return ExitStatus(128 + signal.SIGTERM, self.stop_reason, finished)
         error = self._vmm_error(instance)
+        if error is not None and code == 0:
+            return ExitStatus(code, error.splitlines()[-1].removeprefix("virtkit-vmm: "), finished)  # a reset
         if error is not None:
             return ExitStatus(code, f"virtkit-vmm failed: {error.splitlines()[-1]}", finished)
         return ExitStatus(code, "exited", finished)

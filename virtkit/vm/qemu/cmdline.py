@@ -36,8 +36,12 @@ def qemu_binary() -> str:
     return path
 
 
+# the busybox guest's kernel parameters on every engine: output on COM1, no boot chatter, a panic ends the VM
+KERNEL_PARAMS = ("console=ttyS0", "quiet", "panic=-1", "cryptomgr.notests", "8250.nr_uarts=1")
+
+
 def kernel_append(cfg: VmConfig) -> str:
-    params = ["console=ttyS0", "quiet", "panic=-1", "cryptomgr.notests", "8250.nr_uarts=1"]
+    params = list(KERNEL_PARAMS)
     if cfg.accel.name == "tcg":
         khz = host_tsc_khz()
         if khz:
