@@ -23,7 +23,9 @@ def test_mp_table_lists_every_vcpu_the_ioapic_and_checksums() -> None:
     assert table[:4] == b"PCMP" and len(table) == length and sum(table) & 0xFF == 0
     cpus = [table[i:i + 20] for i in range(44, 44 + 4 * 20, 20)]
     assert [(c[0], c[1], c[3]) for c in cpus] == [(0, 0, 3), (0, 1, 1), (0, 2, 1), (0, 3, 1)]   # BSP flagged
-    assert entries == 4 + 1 + 1 + mptable.IOAPIC_PINS + 2
+    assert entries == 4 + 1 + 1 + (mptable.IOAPIC_PINS - 1) + 2   # ISA IRQ2 (the cascade) has no entry
+    irqs = {table[i + 5]: table[i + 7] for i in range(44 + 4 * 20 + 16, length - 16, 8) if table[i] == 3}
+    assert irqs[0] == 2 and irqs[4] == 4 and 2 not in irqs        # the PIT on pin 2, COM1 on pin 4
     with pytest.raises(ConfigError, match="cpus 0"):
         mptable.build(0)
 

@@ -127,6 +127,23 @@ class Irqchip(Struct):
     _fields_ = [("chip_id", u32), ("pad", u32), ("chip", u8 * 512)]
 
 
+class IrqRoutingIrqchip(C.Structure):
+    _fields_ = [("irqchip", u32), ("pin", u32), ("pad", u8 * 24)]
+
+
+class IrqRoutingEntry(Struct):
+    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("irqchip", IrqRoutingIrqchip)]
+
+
+def irq_routing_struct(n: int) -> type[Struct]:
+    class IrqRouting(Struct):
+        _fields_ = [("nr", u32), ("flags", u32), ("entries", IrqRoutingEntry * n)]
+    return IrqRouting
+
+
+KVM_IRQ_ROUTING_IRQCHIP = 1
+
+
 class Irqfd(Struct):
     _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
 
@@ -217,6 +234,7 @@ KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_IRQ_LINE = _iow(0x61, IrqLevel)
 KVM_GET_IRQCHIP = _iowr(0x62, Irqchip)
 KVM_SET_IRQCHIP = _ior(0x63, Irqchip)
+KVM_SET_GSI_ROUTING = _iow(0x6A, 8)
 KVM_IRQFD = _iow(0x76, Irqfd)
 KVM_CREATE_PIT2 = _iow(0x77, PitConfig)
 KVM_IOEVENTFD = _iow(0x79, Ioeventfd)

@@ -166,11 +166,16 @@ def run(argv: list[str]) -> int:
 
     serial_fd: int | None = None
     close_serial = False
+    created_serial = False
     if args.serial == "stdio":
         serial_fd = sys.stdout.fileno()
     else:
         # appended to, like a console log: a restored or restarted machine continues the same file
-        serial_fd = os.open(args.serial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        created_serial = not os.path.exists(args.serial)
+        try:
+            serial_fd = os.open(args.serial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise ConfigError(f"--serial {args.serial}: {exc.strerror}") from None
         close_serial = True
     serial_in = sys.stdin.fileno() if args.serial == "stdio" and not sys.stdin.closed and _readable(0) else None
     api = None
@@ -187,6 +192,13 @@ def run(argv: list[str]) -> int:
                 cpuid_policy=args.cpuid_policy, serial_out=serial_fd, serial_in=serial_in,
             )
             machine = Machine(config)
+    except BaseException:
+        if close_serial and serial_fd is not None:
+            os.close(serial_fd)
+        if created_serial:  # a refused start leaves no file of its own behind
+            os.unlink(args.serial)
+        raise
+    try:
         saved = threading.Event()
 
         def snapshot_and_exit(directory: str) -> None:

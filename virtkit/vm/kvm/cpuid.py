@@ -146,3 +146,21 @@ def guest_cpuid(supported: list[abi.CpuidEntry2], policy: CpuidPolicy | None, *,
         if target is not None:
             setattr(target, reg, getattr(target, reg) & ~(1 << bit))
     return entries
+
+
+def check_applied(policy: CpuidPolicy, seen: list[abi.CpuidEntry2]) -> None:
+    """Refuse a vCPU whose CPUID differs from the policy after KVM_SET_CPUID2: some KVMs (PVM) put host features
+    back, and a guest that sees a feature its policy removed is worse than a clear error."""
+    by_key = {(e.function, e.index): e for e in seen}
+    kept = []
+    for name in policy.remove_features:
+        leaf, sub, reg, bit = FEATURES[name]
+        entry = by_key.get((leaf, sub))
+        if entry is not None and getattr(entry, reg) >> bit & 1:
+            kept.append(name)
+    if kept:
+        raise ConfigError(f"CPUID policy: this host's KVM does not let {', '.join(kept)} be removed "
+                          "(it reports them to the guest anyway)")
+    leaf0 = by_key.get((0, 0))
+    if policy.vendor is not None and leaf0 is not None and (leaf0.ebx, leaf0.edx, leaf0.ecx) != _regs(policy.vendor):
+        raise ConfigError(f"CPUID policy: this host's KVM does not let the vendor be set to {policy.vendor!r}")

@@ -120,6 +120,16 @@ class Vm:
     def create_irqchip(self) -> None:
         _ioctl(self.fd, abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
 
+    def set_gsi_routing(self, routes: list[tuple[int, int, int]]) -> None:
+        """(gsi, irqchip, pin) entries; a GSI listed twice reaches both chips (the PIC and the IOAPIC)."""
+        table = abi.irq_routing_struct(len(routes))()
+        table.nr = len(routes)
+        for i, (gsi, chip, pin) in enumerate(routes):
+            entry = table.entries[i]
+            entry.gsi, entry.type = gsi, abi.KVM_IRQ_ROUTING_IRQCHIP
+            entry.irqchip.irqchip, entry.irqchip.pin = chip, pin
+        _ioctl(self.fd, abi.KVM_SET_GSI_ROUTING, table, "KVM_SET_GSI_ROUTING")
+
     def create_pit2(self) -> None:
         _ioctl(self.fd, abi.KVM_CREATE_PIT2, abi.PitConfig(flags=abi.KVM_PIT_SPEAKER_DUMMY), "KVM_CREATE_PIT2")
 

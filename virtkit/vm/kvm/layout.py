@@ -39,3 +39,17 @@ I8042_DATA, I8042_CMD = 0x60, 0x64
 EXIT_PORT = 0xF4                 # a byte written here ends the VM; it becomes virtkit-vmm's exit status
 
 E820_RAM, E820_RESERVED = 1, 2
+IOAPIC_PINS = 24
+TIMER_IOAPIC_PIN = 2             # ISA IRQ0 (the PIT) reaches IOAPIC pin 2, as on PCs (ACPI's interrupt override)
+
+
+def gsi_routes() -> list[tuple[int, int, int]]:
+    """(gsi, irqchip, pin): GSIs 0-15 reach the PICs and the IOAPIC, 16-23 the IOAPIC alone; GSI 0 on pin 2."""
+    master, slave, ioapic = 0, 1, 2
+    routes = []
+    for gsi in range(IOAPIC_PINS):
+        if gsi < 16 and gsi != 2:  # IRQ2 is the slave PIC's cascade, never a device line
+            routes.append((gsi, master if gsi < 8 else slave, gsi % 8))
+        if gsi != TIMER_IOAPIC_PIN:
+            routes.append((gsi, ioapic, TIMER_IOAPIC_PIN if gsi == 0 else gsi))
+    return routes

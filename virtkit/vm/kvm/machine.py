@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from virtkit.vm.kvm import cpu_setup, layout, mptable
 from virtkit.vm.kvm.bus import Bus
-from virtkit.vm.kvm.cpuid import CpuidPolicy, guest_cpuid
+from virtkit.vm.kvm.cpuid import CpuidPolicy, check_applied, guest_cpuid
 from virtkit.vm.kvm.devices.legacy import I8042, ExitPort, PostPort
 from virtkit.vm.kvm.devices.serial import Serial
 from virtkit.vm.kvm.errors import BootError, ConfigError
@@ -114,6 +114,7 @@ class Machine:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._closers.append(self._close_wake_pipe)
         self.started_at = 0.0
+        self._closed = False
         try:
             self._build(_restoring)
         except BaseException:
@@ -138,6 +139,7 @@ class Machine:
         self.vm.set_tss_addr(layout.TSS_ADDR)
         self.vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
         self.vm.create_irqchip()
+        self.vm.set_gsi_routing(layout.gsi_routes())
         self.vm.create_pit2()
         self.io_bus, self.mmio_bus = Bus("port I/O"), Bus("MMIO")
         self._legacy_devices()
@@ -227,7 +229,10 @@ class Machine:
         for index in range(self.config.cpus):
             vcpu: Vcpu = self.vm.create_vcpu(index)
             self._closers.append(vcpu.close)
-            vcpu.set_cpuid(guest_cpuid(supported, self.policy, cpu_index=index, cpu_count=self.config.cpus))
+            table = guest_cpuid(supported, self.policy, cpu_index=index, cpu_count=self.config.cpus)
+            vcpu.set_cpuid(table)
+            if self.policy is not None and index == 0:
+                check_applied(self.policy, vcpu.get_cpuid(len(table) + 8))
             if plan is not None:
                 if index == 0:
                     if plan.mode == "long64":
@@ -394,6 +399,10 @@ class Machine:
         }
 
     def close(self) -> None:
+        """Stop the vCPUs and release everything; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self.vcpus:
             self._request_stop(Stop("shutdown", None, "closed by the host"))
             for vcpu in self.vcpus:

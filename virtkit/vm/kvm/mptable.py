@@ -5,11 +5,10 @@ from __future__ import annotations
 import struct
 
 from virtkit.vm.kvm.errors import ConfigError
-from virtkit.vm.kvm.layout import EBDA_START, IOAPIC_BASE, LAPIC_BASE
+from virtkit.vm.kvm.layout import EBDA_START, IOAPIC_BASE, IOAPIC_PINS, LAPIC_BASE, TIMER_IOAPIC_PIN
 from virtkit.vm.kvm.memory import GuestMemory
 
 MPTABLE_ADDR = EBDA_START       # inside the last KiB of base memory, which Linux scans for "_MP_"
-IOAPIC_PINS = 24
 SPEC_REV = 4
 APIC_VERSION, IOAPIC_VERSION = 0x14, 0x11
 CPU_ENABLED, CPU_BSP = 1, 2
@@ -40,9 +39,12 @@ def build(cpus: int, base: int = MPTABLE_ADDR) -> bytes:
         entries.append(_CPU.pack(0, index, APIC_VERSION, flags, 0x600, 0x201))
     entries.append(_BUS.pack(1, 0, b"ISA   "))
     entries.append(_IOAPIC.pack(2, ioapic_id, IOAPIC_VERSION, 1, IOAPIC_BASE))
-    for pin in range(IOAPIC_PINS):
-        # ISA IRQ n arrives at IOAPIC pin n (IRQ0, the PIT, included: KVM's IOAPIC routes it to pin 2 as well)
-        entries.append(_INTSRC.pack(3, INT_TYPE_INT, 0, 0, pin, ioapic_id, pin))
+    for irq in range(IOAPIC_PINS):
+        # as the VM's GSI routing has it: ISA IRQ n on IOAPIC pin n, except IRQ0 (the PIT) on pin 2
+        if irq == TIMER_IOAPIC_PIN:
+            continue
+        pin = TIMER_IOAPIC_PIN if irq == 0 else irq
+        entries.append(_INTSRC.pack(3, INT_TYPE_INT, 0, 0, irq, ioapic_id, pin))
     entries.append(_INTSRC.pack(4, INT_TYPE_EXTINT, 0, 0, 0, 0, 0))      # LINT0 of the BSP: the PIC
     entries.append(_INTSRC.pack(4, INT_TYPE_NMI, 0, 0, 0, 0xFF, 1))      # LINT1 of every CPU: NMI
     body = b"".join(entries)
