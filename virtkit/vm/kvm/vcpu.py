@@ -81,10 +81,12 @@ class VcpuThread:
                         raise VmmError(f"vCPU {self.vcpu.index} did not pause within {timeout} s")
                     self._kick()
 
-    def resume(self) -> None:
+    def resume(self, timeout: float = 5.0) -> None:
+        """Let the vCPU run again; returns once it has left its parking place (so state reads 'running')."""
         with self._cond:
             self._pause_requested = False
             self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._paused or self._stopping, timeout)
 
     def stop(self) -> None:
         with self._cond:
@@ -155,6 +157,7 @@ class VcpuThread:
             while self._pause_requested and not self._stopping:
                 self._cond.wait()
             self._paused = False
+            self._cond.notify_all()
             self.vcpu.run_struct.immediate_exit = 0
             return not self._stopping
 
