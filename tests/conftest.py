@@ -38,7 +38,7 @@ def _virtkit_processes() -> set[int]:
         except OSError:
             continue
         markers = (b"virtkit.api.daemon", b"virtkit.container.supervisor", b"virtkit-runtime",
-                   b"virtkit.vm.qemu.waiter")
+                   b"virtkit.vm.qemu.waiter", b"virtkit.vm.kvm.cli")
         if any(m in cmd for m in markers) or (b"qemu-system" in cmd and b"virtkit-" in cmd):
             pids.add(int(entry))
     return pids
@@ -54,10 +54,10 @@ def no_leaks_after_the_suite() -> object:
     deadline = time.monotonic() + 5      # processes told to stop may take a moment to go
     while True:
         after = (_virtkit_mounts(), _virtkit_cgroups(), _virtkit_processes())
-        leaked = [a - b for a, b in zip(after, before)]
+        leaked = [a - b for a, b in zip(after, before, strict=False)]
         if not any(leaked) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     what = ("mounts", "cgroups", "processes")
-    problems = {w: sorted(map(str, x)) for w, x in zip(what, leaked) if x}
+    problems = {w: sorted(map(str, x)) for w, x in zip(what, leaked, strict=False) if x}
     assert not problems, f"the test run left virtkit objects behind: {problems}"

@@ -27,6 +27,18 @@ def test_sizes():
     ({"image": "b", "workdir": "rel"}, "workdir: must be an absolute path"),
     ({"image": "b", "name": "-bad"}, "invalid name"),
     ({}, "image: required"),
+    ({"image": "b", "memory_swappiness": 101}, "memory_swappiness: must be between 0 and 100"),
+    ({"image": "b", "memory_swappiness": "lots"}, "memory_swappiness: not an integer"),
+    ({"image": "b", "memory_swappiness": True}, "memory_swappiness: not an integer"),
+    ({"image": "b", "oom_kill_disable": "yes"}, "oom_kill_disable: must be true or false"),
+    ({"image": "b", "oom_kill_disable": True}, "oom_kill_disable: needs a memory limit"),
+    ({"image": "b", "type": "vm", "memory_swappiness": 5}, "memory_swappiness: not supported for VMs"),
+    ({"image": "b", "interactive": "yes"}, "interactive: must be true or false"),
+    ({"image": "b", "tty": 1}, "tty: must be true or false"),
+    ({"image": "b", "tty": True, "console_size": [24]}, r"console_size: must be \[rows, columns\]"),
+    ({"image": "b", "tty": True, "console_size": [24, -1]}, "console_size"),
+    ({"image": "b", "tty": True, "console_size": [True, 80]}, "console_size"),
+    ({"image": "b", "type": "vm", "tty": True}, "tty: not supported for VMs"),
 ])
 def test_bad_requests(req, message):
     with pytest.raises(InvalidArgument, match=message):
@@ -47,3 +59,31 @@ def test_capability_names_and_docker_rule():
         normalise_caps(["NOPE"], "cap_add")
     assert effective_set(["CAP_CHOWN", "CAP_KILL"], ["CAP_NET_RAW"], ["CAP_KILL"]) == ["CAP_CHOWN", "CAP_NET_RAW"]
     assert effective_set(["CAP_CHOWN"], [], ["ALL"]) == []
+
+
+def test_memory_tuning_reaches_the_oci_resources():
+    from virtkit.container.bundle import resources
+
+    spec = validate_create({"image": "b", "memory": "64M", "memory_swappiness": 0, "oom_kill_disable": True})
+    assert resources(spec)["memory"] == {"limit": 64 << 20, "swap": 64 << 20, "swappiness": 0,
+                                         "disableOOMKiller": True}
+    spec = validate_create({"image": "b", "memory_swappiness": 30, "oom_kill_disable": False})
+    assert resources(spec) == {"memory": {"swappiness": 30}}
+    assert "memory" not in resources(validate_create({"image": "b"}))
+
+
+def test_terminal_options_reach_the_oci_process():
+    from virtkit.container.bundle import build_config
+
+    spec = validate_create({"image": "b", "interactive": True, "tty": True, "console_size": [30, 100]})
+    assert spec["interactive"] and spec["tty"] and spec["console_size"] == [30, 100]
+    config = build_config(instance_id="i", hostname="h", image_config={"config": {"Cmd": ["sh"]}}, spec=spec,
+                          lowerdirs=[], instance_dir="/x", cgroup_path="/virtkit-t/i")
+    assert config["process"]["terminal"] is True
+    assert config["process"]["consoleSize"] == {"height": 30, "width": 100}
+    assert "TERM=xterm" in config["process"]["env"]
+    plain = validate_create({"image": "b", "console_size": [30, 100]})     # a size without -t is not kept
+    assert "console_size" not in plain and "tty" not in plain
+    config = build_config(instance_id="i", hostname="h", image_config={"config": {"Cmd": ["sh"]}}, spec=plain,
+                          lowerdirs=[], instance_dir="/x", cgroup_path="/virtkit-t/i")
+    assert config["process"]["terminal"] is False and "consoleSize" not in config["process"]

@@ -52,16 +52,17 @@ def test_detached_lifecycle_list_exec_logs_stop(vk_home, client, name):
     assert listed[name]["state"] == "running" and listed[name]["pid"] > 0
     assert os.path.exists(f"/proc/{listed[name]['pid']}")
 
-    ex = vk(vk_home, "exec", name, "--", "sh", "-c", "hostname; cat /proc/1/comm; wget -qO- http://127.0.0.1:8080/ 2>&1 | head -c 0; echo ok")
+    ex = vk(vk_home, "exec", name, "--", "sh", "-c",
+            "hostname; cat /proc/1/comm; wget -qO- http://127.0.0.1:8080/ 2>&1 | head -c 0; echo ok")
     assert ex.returncode == 0, ex.stderr
     assert ex.stdout.decode().split() == [name, "httpd", "ok"]
     assert vk(vk_home, "exec", name, "--", "sh", "-c", "exit 5").returncode == 5
 
     deadline = time.time() + 5
-    while b"to-stderr" not in vk(vk_home, "logs", name).stdout and time.time() < deadline:
+    while b"to-stderr" not in vk(vk_home, "logs", name).stderr and time.time() < deadline:
         time.sleep(0.1)
-    logs = vk(vk_home, "logs", name).stdout.decode()
-    assert "started" in logs and "to-stderr" in logs
+    logs = vk(vk_home, "logs", name)
+    assert logs.stdout == b"started\n" and logs.stderr == b"to-stderr\n"
 
     stats = client.stats(name)
     assert stats["memory_limit"] == 64 << 20 and stats["pids_limit"] == 64 and stats["pids_current"] >= 1
@@ -134,7 +135,8 @@ def test_file_changes_stay_in_the_instance(vk_home, client, name):
     client.run("busybox", ["sh", "-c", "echo mine > /etc/marker; rm /bin/vi; sleep 600"], detach=True, name=name)
     time.sleep(0.3)
     assert client.exec(name, ["cat", "/etc/marker"]).stdout == b"mine\n"
-    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c", "cat /etc/marker 2>/dev/null || echo absent; ls /bin/vi")
+    r = vk(vk_home, "run", "--rm", "busybox", "--", "sh", "-c",
+           "cat /etc/marker 2>/dev/null || echo absent; ls /bin/vi")
     assert r.stdout.decode().split() == ["absent", "/bin/vi"]
     client.remove(name, force=True)
 

@@ -51,3 +51,57 @@ def test_kill_9_daemon_keeps_containers_and_records_exits(vk_home, client, name)
     assert (inst["state"], inst["exit_code"]) == ("stopped", 137)
     r = vk(vk_home, "rm", name, name + "-short")
     assert r.returncode == 0, r.stderr
+
+
+def _wait_stopped(client, name: str, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while client.instance(name)["state"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return client.instance(name)
+
+
+def test_kill_9_supervisor_records_supervisor_lost_and_restarts(vk_home, client, name):
+    """The supervisor is what waits for containers: when it dies, nothing could record their exits. virtkitd sees
+    it gone, kills what is left of its containers (as containerd after a dead shim) and says why."""
+    import subprocess
+
+    from tests.e2e.conftest import VENV_BIN
+
+    h = Home.from_env(vk_home)
+    client.run("busybox", ["sh", "-c", "echo before; sleep 600"], detach=True, name=name)
+    client.run("busybox", ["sleep", "600"], detach=True, name=name + "-paused")
+    client.pause(name + "-paused")
+    attached = subprocess.Popen([os.path.join(VENV_BIN, "virtkit"), "--home", vk_home, "run", "--name",
+                                 name + "-att", "busybox", "--", "sh", "-c", "echo up; sleep 600"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert attached.stdout is not None and attached.stdout.readline() == b"up\n"
+    pids = {n: client.instance(n)["pid"] for n in (name, name + "-paused", name + "-att")}
+    supervisor = _pid_from(os.path.join(h.run_dir, "supervisor.pid"))
+    assert supervisor and _alive(supervisor)
+
+    os.kill(supervisor, signal.SIGKILL)
+
+    # `virtkit run` attached to one of them ends with its exit code, as `docker run` does when its container dies
+    _out, err = attached.communicate(timeout=30)
+    assert attached.returncode == 137, err
+    for n, pid in pids.items():
+        inst = _wait_stopped(client, n)
+        assert (inst["state"], inst["exit_code"], inst["exit_reason"]) == ("stopped", 137, "supervisor lost"), n
+        assert not _alive(pid), f"{n}: its process outlived the record"
+    listed = vk(vk_home, "list")
+    assert "stopped (137, supervisor lost)" in listed.stdout.decode()
+    assert b'"exit_reason": "supervisor lost"' in vk(vk_home, "inspect", name).stdout
+
+    # started again under a new supervisor, which records its exits as usual
+    r = vk(vk_home, "start", name)
+    assert r.returncode == 0, r.stderr
+    assert _pid_from(os.path.join(h.run_dir, "supervisor.pid")) != supervisor
+    inst = client.instance(name)
+    assert inst["state"] == "running" and inst["exit_code"] is None and inst["pid"] != pids[name]
+    assert client.exec(name, ["echo", "alive"]).stdout == b"alive\n"
+    client.kill(name, "KILL")
+    inst = _wait_stopped(client, name)
+    assert (inst["exit_code"], inst["exit_reason"]) == (137, "killed by SIGKILL")
+    assert b"".join(client.logs(name)) == b"before\nbefore\n"
+    r = vk(vk_home, "rm", name, name + "-paused", name + "-att")
+    assert r.returncode == 0, r.stderr

@@ -22,6 +22,35 @@ def test_memory_over_limit_is_oom_killed(vk_home, client, name):
     client.remove(name)
 
 
+def test_oom_kill_disable_waits_at_the_limit_and_can_still_be_stopped(vk_home, client, name):
+    from virtkit.config import Home
+    from virtkit.container.cgroups import detect_version
+    from virtkit.container.cgroups.base import read_keyed
+
+    if detect_version() != 1:
+        r = vk(vk_home, "run", "--rm", "--memory", "16M", "--oom-kill-disable", "busybox", "--", "true")
+        assert r.returncode != 0 and b"cannot disable the OOM killer" in r.stderr
+        return
+    r = vk(vk_home, "run", "-d", "--name", name, "--memory", "16M", "--oom-kill-disable", "--memory-swappiness", "0",
+           "busybox", "--", "sh", "-c", "echo growing; x=0123456789; while true; do x=$x$x; done")
+    assert r.returncode == 0, r.stderr
+    memdir = f"/sys/fs/cgroup/memory{Home.from_env(vk_home).cgroup_parent}/{client.instance(name)['id']}"
+    with open(f"{memdir}/memory.swappiness") as f:
+        assert f.read().strip() == "0"
+    deadline = time.monotonic() + 30
+    while read_keyed(f"{memdir}/memory.oom_control").get("under_oom") != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_keyed(f"{memdir}/memory.oom_control")["under_oom"] == 1
+    assert client.instance(name)["state"] == "running"      # at its limit, waiting, not killed
+    r = vk(vk_home, "stop", "-t", "1", name, timeout=60)    # a task waiting at the limit cannot freeze: killed anyway
+    assert r.returncode == 0, r.stderr
+    inst = client.instance(name)
+    assert (inst["state"], inst["exit_code"], inst["exit_reason"]) == ("stopped", 137, "killed by SIGKILL")
+    r = vk(vk_home, "run", "--rm", "--oom-kill-disable", "busybox", "--", "true")
+    assert r.returncode == 2 and b"oom_kill_disable: needs a memory limit" in r.stderr
+    client.remove(name)
+
+
 def test_fork_bomb_stops_at_pids_limit(vk_home, client, name):
     # once the limit is hit nothing in the container can fork: report with shell builtins only
     script = ("( while true; do sleep 30 & done ) 2>/tmp/err; "

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from virtkit import __version__
-from virtkit.api.context import Context
+from virtkit.api.context import FRAME_STDERR, FRAME_STDOUT, Context
 from virtkit.core.errors import InvalidArgument, VirtkitError
 
 
@@ -68,8 +68,7 @@ def create_app(ctx: Context) -> FastAPI:
             if inst.spec.get("auto_remove"):
                 svc.remove(inst.id, force=True)
             raise
-        return StreamingResponse(ctx.follow_log(inst.id, True, framed=True, held=True),
-                                 media_type="application/vnd.virtkit.frames")
+        return StreamingResponse(ctx.follow_log(inst.id, True, held=True), media_type="application/vnd.virtkit.frames")
 
     @app.get("/v1/instances/{name}")
     def get_instance(name: str) -> dict[str, Any]:
@@ -102,15 +101,27 @@ def create_app(ctx: Context) -> FastAPI:
         return svc.stats(name)
 
     @app.get("/v1/instances/{name}/logs")
-    def logs(name: str, follow: bool = False) -> StreamingResponse:
-        return StreamingResponse(ctx.follow_log(name, follow, framed=False),
-                                 media_type="application/octet-stream")
+    def logs(name: str, follow: bool = False, tail: int | None = None, stdout: bool = True,
+             stderr: bool = True) -> StreamingResponse:
+        """Frames: 1 stdout, 2 stderr (only those asked for), and when following, 3 the exit status (JSON)."""
+        streams = tuple(kind for kind, wanted in ((FRAME_STDOUT, stdout), (FRAME_STDERR, stderr)) if wanted)
+        if not streams:
+            raise InvalidArgument("stdout, stderr: ask for at least one of the two streams")
+        return StreamingResponse(ctx.follow_log(name, follow, tail=tail, streams=streams),
+                                 media_type="application/vnd.virtkit.frames")
 
     @app.get("/v1/instances/{name}/attach")
     def attach(name: str) -> StreamingResponse:
         """Output from the start, followed until the instance stops, then one exit frame (JSON)."""
-        return StreamingResponse(ctx.follow_log(name, True, framed=True),
-                                 media_type="application/vnd.virtkit.frames")
+        return StreamingResponse(ctx.follow_log(name, True), media_type="application/vnd.virtkit.frames")
+
+    @app.websocket("/v1/instances/{name}/attach")
+    async def attach_ws(ws: WebSocket, name: str) -> None:
+        """Output and exit as GET .../attach, plus stdin (see api/attach_session.py)."""
+        await ws.accept()
+        from virtkit.api.attach_session import run_attach
+
+        await run_attach(ws, ctx, name)
 
     @app.websocket("/v1/instances/{name}/exec")
     async def exec_ws(ws: WebSocket, name: str) -> None:
@@ -125,3 +136,4 @@ def create_app(ctx: Context) -> FastAPI:
         return {"shutting_down": True}
 
     return app
+

@@ -14,7 +14,9 @@ from virtkit.core.errors import InvalidArgument, NotFound, VirtkitError
 from virtkit.core.models import InstanceState
 from virtkit.core.service import InstanceService
 
-FRAME_OUTPUT = 1
+# what the attach and logs streams carry: frames of 1 kind byte, 4 length bytes (big-endian), the data
+FRAME_STDOUT = 1
+FRAME_STDERR = 2
 FRAME_EXIT = 3
 
 
@@ -28,9 +30,9 @@ class Context:
         self.home = home
         self.store = SQLiteStore(home.db)
         self.images = ImageStore(home.images)
-        from virtkit.vm.qemu.driver import QemuDriver
+        from virtkit.vm.engines import VmEngines
 
-        self.drivers = {"container": ContainerDriver(home, self.images), "vm": QemuDriver(home, self.images)}
+        self.drivers = {"container": ContainerDriver(home, self.images), "vm": VmEngines(home, self.images)}
         self.instances = InstanceService(self.store, self.drivers, self.images)  # type: ignore[arg-type]
         self._wire_storage(home)
         self._wire_networks(home)
@@ -94,59 +96,98 @@ class Context:
             raise InvalidArgument(f"signal: unknown signal {value!r}") from exc
 
     # -- logs -----------------------------------------------------------------------------------------
-    def follow_log(self, name: str, follow: bool, framed: bool, held: bool = False) -> Iterator[bytes]:
-        """Yield the log's bytes; when following, until the instance stops (then an exit frame if framed).
+    def follow_log(self, name: str, follow: bool, held: bool = False, tail: int | None = None,
+                   streams: tuple[int, ...] = (FRAME_STDOUT, FRAME_STDERR),
+                   cancelled: Callable[[], bool] | None = None) -> Iterator[bytes]:
+        """Frames of the log's records (kind 1 stdout, 2 stderr), only `streams`, from the last `tail` lines if
+        given; when following, until the instance stops, then an exit frame (kind 3, JSON).
 
         The instance is held (not auto-removed) while read; `held` says the caller took that hold already.
+        `cancelled` is asked while waiting for more: True ends the stream (its reader has gone).
         """
+        if tail is not None and tail < 0:
+            raise InvalidArgument(f"tail: must be a number of lines >= 0 (got {tail})")
+        inst = self.instances.get(name)     # here, not in the stream: an unknown name is an HTTP error
+        start = None
+        if tail == 0:   # only what comes after this call: where the log ends now, not when the stream starts
+            try:
+                start = os.path.getsize(self.instances.log_path(inst.id))
+            except FileNotFoundError:
+                start = 0
+        return self._follow(inst.id, follow, held, tail, streams, cancelled, start)
+
+    def _follow(self, instance_id: str, follow: bool, held: bool, tail: int | None, streams: tuple[int, ...],
+                cancelled: Callable[[], bool] | None, start: int | None) -> Iterator[bytes]:
+        from virtkit.core.logs import LineTail
+
         svc = self.instances
-        inst = svc.get(name)
+        inst = svc.get(instance_id)
         path = svc.log_path(inst.id)
         if not held:
             svc.hold(inst.id)
         watch = svc.watch(inst.id)
-        flt = svc.output_filter(inst.id)
+        decoder = svc.log_decoder(inst.id)
+
+        def frames(records: list[tuple[int, bytes]]) -> Iterator[bytes]:
+            for stream, data in records:
+                if stream in streams and data:
+                    yield _frame(stream, data)
+
+        f = None
         try:
-            try:
-                f = open(path, "rb")
-            except FileNotFoundError:
-                f = None
+            f = _open_log(path)
+            if start is not None:
+                if f and start:
+                    f.seek(start - 1)
+                    if f.read(1) != b"\n":     # a record was being written just then: begin after it
+                        f.readline()
+            elif tail is not None:
+                last = LineTail(tail)
+                while f and (chunk := f.read(65536)):
+                    last.add(decoder.feed(chunk))
+                if not follow:
+                    last.add(decoder.flush())
+                yield from frames(last.result())
             while True:
                 chunk = f.read(65536) if f else b""
                 if chunk:
-                    shown = flt.feed(chunk) if flt else chunk
-                    if shown:
-                        yield _frame(FRAME_OUTPUT, shown) if framed else shown
+                    yield from frames(decoder.feed(chunk))
                     continue
                 if not follow:
-                    tail = flt.flush() if flt else b""
-                    if tail:
-                        yield _frame(FRAME_OUTPUT, tail) if framed else tail
+                    yield from frames(decoder.flush())
                     break
                 try:
                     cur = svc.get(inst.id)
                 except NotFound:
                     cur = None
+                if f is None:
+                    f = _open_log(path)
+                    if f:
+                        continue
                 if cur is None or cur.state in (InstanceState.STOPPED, InstanceState.CREATED):
+                    # all it wrote is in the file by now: the supervisor copies it before it records the exit
                     rest = f.read() if f else b""
-                    if flt:
-                        rest = flt.feed(rest) + flt.flush()
-                    if rest:
-                        yield _frame(FRAME_OUTPUT, rest) if framed else rest
-                    if framed:
-                        status = {"exit_code": cur.exit_code if cur else None,
-                                  "reason": cur.exit_reason if cur else "removed"}
-                        yield _frame(FRAME_EXIT, json.dumps(status).encode())
+                    yield from frames(decoder.feed(rest) + decoder.flush())
+                    status = {"exit_code": cur.exit_code if cur else None,
+                              "reason": cur.exit_reason if cur else "removed"}
+                    yield _frame(FRAME_EXIT, json.dumps(status).encode())
                     break
-                if f is None and os.path.exists(path):
-                    f = open(path, "rb")
+                if cancelled is not None and cancelled():
+                    break
                 # woken by new output or the recorded exit; the timeout covers exits nobody writes down
                 watch.wait(0.25)
+        finally:
             if f:
                 f.close()
-        finally:
             watch.close()
             svc.release(inst.id)
+
+
+def _open_log(path: str) -> Any:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
 
 
 def _frame(kind: int, data: bytes) -> bytes:

@@ -35,15 +35,21 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "name": a.name, "cpus": a.cpus, "memory": a.memory, "pids": a.pids, "env": a.env,
         "volumes": a.volume, "cap_add": a.cap_add, "cap_drop": a.cap_drop, "workdir": a.workdir,
         "hostname": a.hostname, "auto_remove": a.rm, "network": a.network, "ip": a.ip, "ports": a.publish,
-        "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel,
-        "kernel": os.path.abspath(a.kernel) if a.kernel else None,
+        "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel, "engine": a.engine,
+        "kernel": os.path.abspath(a.kernel) if a.kernel else None, "kernel_format": a.kernel_format,
+        "memory_swappiness": a.memory_swappiness, "oom_kill_disable": a.oom_kill_disable or None,
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:
-        inst = c.run(a.image, cmd, detach=True, **options)
+        inst = c.run(a.image, cmd, detach=True, interactive=a.interactive or None, tty=a.tty or None, **options)
         print(inst["name"])
         return 0
-    status = c.run(a.image, cmd, output=write_out, **options)
+    if a.interactive or a.tty:
+        from virtkit.cli.terminal import run_attached
+
+        status = run_attached(c, a.image, cmd, options, interactive=a.interactive, terminal=a.tty)
+    else:
+        status = c.run(a.image, cmd, output=write_out, error_output=write_err, **options)
     code = status.get("exit_code")
     if code is None:
         print(f"virtkit: instance ended without an exit code ({status.get('reason')})", file=sys.stderr)
@@ -92,9 +98,19 @@ def _stdin_chunks() -> Any:
         yield data
 
 
+def cmd_attach(c: Client, a: argparse.Namespace) -> int:
+    """Until the instance stops; then its exit code, as `docker attach`."""
+    from virtkit.cli.terminal import attach
+
+    status = attach(c, a.name, stdin=not a.no_stdin)
+    code = status.get("exit_code")
+    return 125 if code is None else int(code)
+
+
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
-    for chunk in c.logs(a.name, follow=a.follow):
-        write_out(chunk)
+    """As `docker logs`: the instance's stdout on ours, its stderr on ours."""
+    for stream, chunk in c.log_stream(a.name, follow=a.follow, tail=a.tail):
+        (write_err if stream == "stderr" else write_out)(chunk)
     return 0
 
 
@@ -137,13 +153,28 @@ def cmd_stats(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(second, indent=2))
         return 0
-    limit = second.get("memory_limit")
+    vm = "memory_rss_bytes" in second       # a VM: its process's RSS, under the guest's RAM; no pids
+    memory = second.get("memory_rss_bytes") if vm else second.get("memory_bytes", 0)
+    limit = second.get("memory_bytes") if vm else second.get("memory_limit")
     table(["NAME", "CPU TIME", "CPU %", "MEMORY", "LIMIT", "PIDS"], [[
         a.name, f"{second.get('cpu_usage_ns', 0) / 1e9:.2f}s", f"{cpu_pct:.1f}%",
-        size_str(second.get("memory_bytes", 0)), size_str(limit) if limit else "-",
-        f"{second.get('pids_current', 0)}/{second.get('pids_limit') or '-'}",
+        size_str(memory), size_str(limit) if limit else "-",
+        "-" if vm else f"{second.get('pids_current', 0)}/{second.get('pids_limit') or '-'}",
     ]])
+    if second.get("exits") is not None:
+        _print_vm_exits(second)
     return 0
+
+
+def _print_vm_exits(stats: dict[str, Any]) -> None:
+    """The native engine's own figures: CPU time and exits of each vCPU, and exits by reason."""
+    print()
+    table(["VCPU", "CPU TIME", "EXITS"], [
+        [str(v.get("index")), f"{v.get('cpu_time_s') or 0:.2f}s", str(sum((v.get("exits") or {}).values()))]
+        for v in stats.get("vcpu_stats") or []])
+    print()
+    exits = sorted((stats.get("exits") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    table(["EXIT REASON", "COUNT"], [[reason, str(count)] for reason, count in exits] or [["-", "0"]])
 
 
 def cmd_system(c: Client, a: argparse.Namespace) -> int:

@@ -31,18 +31,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name")
     r.add_argument("-d", "--detach", action="store_true", help="run in the background, print the name")
     r.add_argument("--rm", action="store_true", help="remove the instance when it exits")
+    r.add_argument("-i", "--interactive", action="store_true", help="keep its stdin open; ours goes to it")
+    r.add_argument("-t", "--tty", action="store_true", help="run it on a terminal (raw mode here with -i)")
     r.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 0.5")
     r.add_argument("--memory", "-m", help="memory limit, e.g. 64M")
     r.add_argument("--pids", type=int, help="maximum number of processes")
+    r.add_argument("--memory-swappiness", type=int, metavar="0-100", help="how readily its memory swaps (cgroup v1)")
+    r.add_argument("--oom-kill-disable", action="store_true",
+                   help="at its memory limit, wait instead of being OOM-killed (cgroup v1; needs --memory)")
     r.add_argument("-e", "--env", action="append", default=[], help="NAME=VALUE")
     r.add_argument("-v", "--volume", action="append", default=[], help="HOSTDIR:DIR[:ro] or VOLUME:DIR[:ro]")
     r.add_argument("--cap-add", action="append", default=[])
     r.add_argument("--cap-drop", action="append", default=[])
     r.add_argument("-w", "--workdir")
     r.add_argument("--hostname")
-    r.add_argument("--vm", action="store_true", help="a virtual machine with its own kernel (QEMU)")
-    r.add_argument("--accel", choices=["auto", "kvm", "tcg"], help="VM accelerator (default: auto)")
-    r.add_argument("--kernel", help="VM kernel (ELF vmlinux with a PVH note, or bzImage)")
+    r.add_argument("--vm", action="store_true", help="a virtual machine with its own kernel")
+    r.add_argument("--engine", choices=["qemu", "native"],
+                   help="VM engine: qemu (default) or native (virtkit's own VMM on /dev/kvm)")
+    r.add_argument("--accel", choices=["auto", "kvm", "tcg"], help="VM accelerator of the qemu engine (default: auto)")
+    r.add_argument("--kernel", help="VM kernel (qemu: ELF vmlinux with a PVH note, or bzImage; native: see "
+                                    "--kernel-format)")
+    r.add_argument("--kernel-format", choices=["auto", "bzimage", "elf", "flat"],
+                   help="native engine: how to boot --kernel (default auto; flat: raw 64-bit code at 0x100000)")
     r.add_argument("--network", "--net", help="network to attach to (default: default; none: loopback only)")
     r.add_argument("--ip", help="static address on the network")
     r.add_argument("-p", "--publish", action="append", default=[], help="[IP:]HOSTPORT:PORT[/tcp|udp]")
@@ -52,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", aliases=["ls", "ps"], help="list instances")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("-a", "--all", action="store_true", help="accepted as Docker's: stopped ones are always listed")
 
     ex = sub.add_parser("exec", help="run a command in a running instance")
     ex.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -60,8 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("name")
     ex.add_argument("command", nargs=argparse.REMAINDER)
 
+    at = sub.add_parser("attach", help="follow a running instance's output (and feed it our stdin, if -i/-t)")
+    at.add_argument("--no-stdin", action="store_true", help="do not send our stdin to it")
+    at.add_argument("name")
+
     lg = sub.add_parser("logs", help="show an instance's output")
-    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing output until the instance stops")
+    lg.add_argument("-n", "--tail", type=_lines, metavar="N", help="only the last N lines (then more with -f)")
     lg.add_argument("name")
 
     st = sub.add_parser("stop", help="stop instances (SIGTERM, then SIGKILL after the timeout)")
@@ -89,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_parser("info")
     sy.add_parser("shutdown", help="stop virtkitd (instances keep running)")
     return p
+
+
+def _lines(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of lines >= 0 or 'all' (got {value!r})")
+    return n
 
 
 def _command(args: argparse.Namespace) -> list[str]:

@@ -16,8 +16,11 @@ from virtkit.client.transport import Transport, path_of
 from virtkit.client.volumes import VolumesAPI
 from virtkit.core.errors import DaemonUnavailable
 
-FRAME_OUTPUT = 1
+# the attach and logs streams: frames of 1 kind byte, 4 length bytes (big-endian), the data
+FRAME_STDOUT = 1
+FRAME_STDERR = 2
 FRAME_EXIT = 3
+STREAM_NAMES = {FRAME_STDOUT: "stdout", FRAME_STDERR: "stderr"}
 
 
 class ExecResult(NamedTuple):
@@ -93,31 +96,51 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
         return self.t.request("POST", "/v1/instances", body)  # type: ignore[no-any-return]
 
     def run(self, image: str, command: list[str] | None = None, *, detach: bool = False,
-            output: Callable[[bytes], None] | None = None, **options: Any) -> dict[str, Any]:
-        """Create and start; unless detached, stream the output to `output` and return the exit status."""
+            output: Callable[[bytes], None] | None = None, error_output: Callable[[bytes], None] | None = None,
+            stdin: Iterator[bytes] | None = None, on_session: Callable[[Any], None] | None = None,
+            **options: Any) -> dict[str, Any]:
+        """Create and start; unless detached, stream its stdout to `output` and its stderr to `error_output`
+        (to `output` too when not given), and return the exit status.
+
+        With interactive=True, `stdin`'s chunks go to the instance's stdin, which ends when they do; with tty=True
+        (and console_size=[rows, cols]) it runs on a terminal, whose output comes as stdout; `on_session` gets
+        the session (to send {"resize": [rows, cols]})."""
         if detach:
             return self.create(image, command, start=True, **options)
-        body = {"image": image, "command": command or [], "attach": True, **options}
-        return self._read_frames(self.t.stream("POST", "/v1/instances", body), output)
+        if options.get("interactive") or options.get("tty"):
+            inst = self.create(image, command, start=False, **options)
+            from virtkit.client.attach import attach_session
 
-    def attach(self, name: str, output: Callable[[bytes], None] | None = None) -> dict[str, Any]:
-        return self._read_frames(self.t.stream("GET", path_of("v1", "instances", name, "attach")), output)
+            return attach_session(self.socket_path, inst["id"], start=True,
+                                  stdin=stdin if options.get("interactive") else None, on_stdout=output,
+                                  on_stderr=error_output or output, on_session=on_session)
+        body = {"image": image, "command": command or [], "attach": True, **options}
+        return self._read_frames(self.t.stream("POST", "/v1/instances", body), output, error_output)
+
+    def attach(self, name: str, output: Callable[[bytes], None] | None = None,
+               error_output: Callable[[bytes], None] | None = None, *, stdin: Iterator[bytes] | None = None,
+               logs: bool = True, on_session: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Follow a running instance's output (from the start of its log, or with logs=False only what comes next)
+        until it stops, feeding `stdin` to its stdin if given (-i/-t instances); returns its exit status."""
+        if stdin is None and logs:
+            return self._read_frames(self.t.stream("GET", path_of("v1", "instances", name, "attach")), output,
+                                     error_output)
+        from virtkit.client.attach import attach_session
+
+        return attach_session(self.socket_path, name, start=False, stdin=stdin, on_stdout=output,
+                              on_stderr=error_output or output, on_session=on_session, logs=logs)
 
     @staticmethod
-    def _read_frames(chunks: Iterator[bytes], output: Callable[[bytes], None] | None) -> dict[str, Any]:
-        buf = b""
+    def _read_frames(chunks: Iterator[bytes], output: Callable[[bytes], None] | None,
+                     error_output: Callable[[bytes], None] | None = None) -> dict[str, Any]:
         status: dict[str, Any] = {"exit_code": None, "reason": "stream ended"}
-        for chunk in chunks:
-            buf += chunk
-            while len(buf) >= 5:
-                kind, size = buf[0], int.from_bytes(buf[1:5], "big")
-                if len(buf) < 5 + size:
-                    break
-                data, buf = buf[5:5 + size], buf[5 + size:]
-                if kind == FRAME_OUTPUT and output:
-                    output(data)
-                elif kind == FRAME_EXIT:
-                    status = json.loads(data)
+        for kind, data in _frames(chunks):
+            if kind == FRAME_STDOUT and output:
+                output(data)
+            elif kind == FRAME_STDERR and (sink := error_output or output):
+                sink(data)
+            elif kind == FRAME_EXIT:
+                status = json.loads(data)
         return status
 
     def start(self, name: str) -> dict[str, Any]:
@@ -147,9 +170,22 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
     def stats(self, name: str) -> dict[str, Any]:
         return self.t.request("GET", path_of("v1", "instances", name, "stats"))  # type: ignore[no-any-return]
 
-    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
-        return self.t.stream("GET", path_of("v1", "instances", name, "logs",
-                                            query={"follow": "true" if follow else None}))
+    def logs(self, name: str, follow: bool = False, tail: int | None = None, stdout: bool = True,
+             stderr: bool = True) -> Iterator[bytes]:
+        """The instance's output, stdout and stderr together in the order they came (see log_stream)."""
+        for _stream, data in self.log_stream(name, follow=follow, tail=tail, stdout=stdout, stderr=stderr):
+            yield data
+
+    def log_stream(self, name: str, follow: bool = False, tail: int | None = None, stdout: bool = True,
+                   stderr: bool = True) -> Iterator[tuple[str, bytes]]:
+        """("stdout" | "stderr", data) pieces of the instance's output in order; from its last `tail` lines if
+        given; with `follow`, until the instance stops."""
+        query = {"follow": "true" if follow else None, "tail": tail,
+                 "stdout": None if stdout else "false", "stderr": None if stderr else "false"}
+        chunks = self.t.stream("GET", path_of("v1", "instances", name, "logs", query=query))
+        for kind, data in _frames(chunks):
+            if kind in STREAM_NAMES:
+                yield STREAM_NAMES[kind], data
 
     # -- exec -----------------------------------------------------------------------------------------
     def exec(self, name: str, command: list[str], env: list[str] | None = None) -> ExecResult:
@@ -168,3 +204,18 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
 
         return exec_session(self.socket_path, name, command, env=env or [], tty=tty, stdin=stdin, size=size,
                             on_stdout=on_stdout, on_stderr=on_stderr, on_session=on_session)
+
+
+def _frames(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(kind, data) of each frame in a stream of chunks cut anywhere."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        start = 0
+        while len(buf) - start >= 5:
+            kind, size = buf[start], int.from_bytes(buf[start + 1:start + 5], "big")
+            if len(buf) - start < 5 + size:
+                break
+            yield kind, bytes(buf[start + 5:start + 5 + size])
+            start += 5 + size
+        del buf[:start]

@@ -24,9 +24,16 @@ def resources(spec: dict[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if spec.get("cpus"):
         res["cpu"] = {"quota": int(round(spec["cpus"] * CPU_PERIOD)), "period": CPU_PERIOD}
+    memory: dict[str, Any] = {}
     if spec.get("memory"):
         # swap equal to the limit means no swap on top of it (Docker's --memory-swap default is 2x; we keep it strict)
-        res["memory"] = {"limit": spec["memory"], "swap": spec["memory"]}
+        memory.update(limit=spec["memory"], swap=spec["memory"])
+    if spec.get("memory_swappiness") is not None:
+        memory["swappiness"] = spec["memory_swappiness"]
+    if spec.get("oom_kill_disable"):
+        memory["disableOOMKiller"] = True
+    if memory:
+        res["memory"] = memory
     if spec.get("pids"):
         res["pids"] = {"limit": spec["pids"]}
     return res
@@ -58,8 +65,13 @@ def build_config(
 
     config = default_spec(args=args)
     process = config["process"]
-    process["terminal"] = False
-    process["env"] = _merge_env(img.get("Env") or [], spec.get("env") or [])
+    process["terminal"] = bool(spec.get("tty"))
+    # as Docker: a terminal comes with TERM=xterm unless the image or the user say otherwise
+    tty_env = ["TERM=xterm"] if spec.get("tty") else []
+    process["env"] = _merge_env(tty_env + list(img.get("Env") or []), spec.get("env") or [])
+    if spec.get("console_size"):
+        rows, cols = spec["console_size"]
+        process["consoleSize"] = {"height": rows, "width": cols}
     process["cwd"] = spec.get("workdir") or img.get("WorkingDir") or "/"
     caps = effective_set(list(caps_mod.VIRTKIT_DEFAULT_CAPS), spec.get("cap_add") or [], spec.get("cap_drop") or [])
     process["capabilities"] = {

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ class ContainerDriver:
         self.home = home
         self.images = images
         self._runtime: Any = None
+        self._lost_lock = threading.Lock()
 
     @property
     def runtime(self) -> Any:
@@ -43,8 +45,17 @@ class ContainerDriver:
     def cgroup_path(self, instance: Instance) -> str:
         return f"{self.home.cgroup_parent}/{instance.id}"
 
+    def _supervisor_file(self, instance: Instance) -> str:
+        return os.path.join(self._dir(instance), "supervisor.json")
+
     def log_path(self, instance: Instance) -> str:
+        """stdout and stderr as CRI records (container/logfile.py), kept across restarts."""
         return os.path.join(self._dir(instance), "console.log")
+
+    def log_decoder(self, instance: Instance) -> Any:
+        from virtkit.container.logfile import LogDecoder
+
+        return LogDecoder()
 
     def watch(self, instance: Instance) -> Any:
         """A waiter that wakes when the instance writes output or its exit is recorded."""
@@ -76,14 +87,16 @@ class ContainerDriver:
         from virtkit.container.supervisor import call, ensure_running
 
         self._forget_runtime_state(instance)
-        try:
-            os.unlink(self._exit_file(instance))
-        except FileNotFoundError:
-            pass
+        for stale in (self._exit_file(instance), self._supervisor_file(instance)):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
         request = {
             "op": "run", "id": instance.id, "bundle": os.path.join(self._dir(instance), "bundle"),
             "log": self.log_path(instance), "exit_file": self._exit_file(instance),
             "cgroup": self.cgroup_path(instance),
+            "stdin": bool(instance.spec.get("interactive")), "tty": bool(instance.spec.get("tty")),
         }
         try:
             reply = call(self.home.supervisor_socket, request)
@@ -91,7 +104,24 @@ class ContainerDriver:
             # not running (first start, or it was killed): start it and try once more
             ensure_running(self.home.run_dir, self.home.runtime_root, os.path.join(self.home.root, "supervisor.log"))
             reply = call(self.home.supervisor_socket, request)
+        if reply.get("supervisor"):
+            from virtkit.container.supervisor import write_atomic
+
+            write_atomic(self._supervisor_file(instance), reply["supervisor"])
         return int(reply["pid"])
+
+    def open_stdin(self, instance: Instance) -> int:
+        """A copy of the running instance's stdin (its pipe, or its terminal's master with -t); the caller owns it."""
+        from virtkit.container.supervisor import call_fd
+
+        _reply, fd = call_fd(self.home.supervisor_socket, {"op": "stdin", "id": instance.id})
+        return fd
+
+    def close_stdin(self, instance: Instance) -> None:
+        """EOF on the instance's stdin once the copies handed out are closed too (no-op with a terminal)."""
+        from virtkit.container.supervisor import call
+
+        call(self.home.supervisor_socket, {"op": "close_stdin", "id": instance.id})
 
     def _forget_runtime_state(self, instance: Instance) -> None:
         """A restart reuses the runtime id: clear the previous run's (stopped) state and cgroup first."""
@@ -108,12 +138,58 @@ class ContainerDriver:
             return "stopped"
 
     def exit_status(self, instance: Instance) -> ExitStatus | None:
-        try:
-            with open(self._exit_file(instance)) as f:
-                data = json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+        """How the last run ended, as the supervisor recorded it; or, when the supervisor that ran it died before
+        it could record anything, what is left is killed and the exit recorded here as "supervisor lost"."""
+        data = self._exit_record(instance)
+        if data is None and self._supervisor_lost(instance):
+            with self._lost_lock:       # virtkitd's reconcile loop and a request may both find it
+                data = self._exit_record(instance) or self._record_supervisor_lost(instance)
+        if data is None:
             return None
         return ExitStatus(code=int(data["code"]), reason=str(data["reason"]), finished_at=float(data["finished_at"]))
+
+    def _exit_record(self, instance: Instance) -> dict[str, Any] | None:
+        try:
+            with open(self._exit_file(instance)) as f:
+                return dict(json.load(f))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _supervisor_lost(self, instance: Instance) -> bool:
+        """The supervisor that started this run is gone (its pid dead, a zombie, or another process's now)."""
+        from virtkit.container.state import proc_start_time
+
+        try:
+            with open(self._supervisor_file(instance)) as f:
+                sup = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False        # not started by virtkit's supervisor (or by one too old to say who it is)
+        return proc_start_time(int(sup["pid"])) != sup["start_time"]
+
+    def _record_supervisor_lost(self, instance: Instance) -> dict[str, Any] | None:
+        """Kill what is left of the run (as containerd does after a dead shim: SIGKILL, exit 137) and record it.
+
+        Nothing could wait for it any more, and its output pipes are broken: left running, it would be a
+        container nobody supervises.
+        """
+        from virtkit.container.cgroups import manager_for
+        from virtkit.container.supervisor import write_atomic
+
+        cg = manager_for(self.cgroup_path(instance))
+        left: list[int] = []
+        if cg.exists():
+            left = cg.pids()
+            cg.kill_all(signal.SIGKILL)
+            if not cg.wait_empty(10.0):
+                return None     # try again on the next look rather than record an exit that has not happened
+        data = self._exit_record(instance)      # the supervisor wrote it after all, just before it died
+        if data is not None:
+            return data
+        data = {"code": 128 + signal.SIGKILL, "reason": "supervisor lost", "finished_at": time.time()}
+        write_atomic(self._exit_file(instance), data)
+        print(f"virtkitd: the supervisor of instance '{instance.name}' died while it ran; killed what was left "
+              f"({len(left)} process(es)) and recorded exit 137 (supervisor lost)", file=sys.stderr, flush=True)
+        return data
 
     def kill(self, instance: Instance, sig: int) -> None:
         self.runtime.kill(instance.id, sig)

@@ -7,9 +7,16 @@ Measured figures are in bench/results and the README.
 
 Protocol: one JSON request per connection on $VIRTKIT_HOME/run/supervisor.sock, one JSON reply.
   {"op": "ping"}
-  {"op": "run", "id": ID, "bundle": DIR, "log": FILE, "exit_file": FILE, "cgroup": PATH}  -> {"ok": true, "pid": N}
-When a container's init exits, the supervisor writes exit_file atomically:
+  {"op": "run", "id": ID, "bundle": DIR, "log": FILE, "exit_file": FILE, "cgroup": PATH, "stdin": B, "tty": B}
+      -> {"ok": true, "pid": N, "supervisor": {"pid": P, "start_time": T}}
+  {"op": "stdin", "id": ID}        -> {"ok": true} with a copy of its stdin pipe (or terminal) as SCM_RIGHTS
+  {"op": "close_stdin", "id": ID}  -> {"ok": true}; the container reads EOF once the copies handed out close too
+The container's stdout and stderr are pipes (or its terminal) that the supervisor copies into the log file as CRI
+records (container/logfile.py, container/stdio.py): the two streams apart, in the order they were read. When a
+container's init exits, the supervisor copies what is left in its pipes, then writes exit_file atomically:
   {"code": N, "reason": "exited"|"killed by SIGx"|"oom-killed", "finished_at": T}
+The reply names the supervisor (pid and start time): virtkitd finds a container whose supervisor died while it ran
+(nothing will record its exit) by checking that process, and records it itself (see ContainerDriver).
 """
 
 from __future__ import annotations
@@ -33,8 +40,20 @@ def _set_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _write_atomic(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+def _raise_nofile() -> None:
+    """Every running container holds three of our fds (its two output pipes and its log): lift the soft limit to
+    the hard one. Containers do not inherit it: virtkit's configs set their own RLIMIT_NOFILE."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def write_atomic(path: str, data: dict[str, Any]) -> None:
+    import threading
+
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"   # virtkitd may write one from two threads
     # rename makes it atomic for readers; no fsync: after a host crash the container is gone with the record
     with open(tmp, "w") as f:
         f.write(json.dumps(data))
@@ -55,6 +74,14 @@ def describe_status(status: int, oom: bool) -> tuple[int, str]:
     return 128 + sig, f"killed by {name}"
 
 
+def identity(pid: int) -> dict[str, Any] | None:
+    """What tells this process from a later one that reuses its pid: the pid and its start time."""
+    from virtkit.container.state import proc_start_time
+
+    start = proc_start_time(pid)
+    return None if start is None else {"pid": pid, "start_time": start}
+
+
 class Supervisor:
     def __init__(self, run_dir: str, runtime_root: str) -> None:
         self.run_dir = run_dir
@@ -63,6 +90,9 @@ class Supervisor:
         self.watched: dict[int, dict[str, Any]] = {}
         self._runtime: Any = None
         self.stopping = False
+        self.sel = selectors.DefaultSelector()
+        self.stdio: dict[str, Any] = {}     # container id -> its ContainerIO, while it runs
+        self.identity = identity(os.getpid())
 
     @property
     def runtime(self) -> Any:
@@ -79,6 +109,8 @@ class Supervisor:
             return {"ok": True, "pid": os.getpid(), "watched": len(self.watched)}
         if op == "run":
             return self._run(req)
+        if op in ("stdin", "close_stdin"):
+            return self._stdin(req, close=op == "close_stdin")
         if op == "shutdown":
             # only when idle: with running containers it must stay, or their exits would go unrecorded
             if self.watched and not req.get("force"):
@@ -89,22 +121,66 @@ class Supervisor:
         return {"ok": False, "error": "invalid_argument", "message": f"unknown supervisor op {op!r}"}
 
     def _run(self, req: dict[str, Any]) -> dict[str, Any]:
-        cid, bundle, log = req["id"], req["bundle"], req["log"]
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        from virtkit.container.stdio import ContainerIO
+
+        cid, bundle = req["id"], req["bundle"]
+        io = ContainerIO(req["log"], self.run_dir, stdin=bool(req.get("stdin")), tty=bool(req.get("tty")))
         try:
-            state = self.runtime.create(cid, bundle, stdio=(devnull, out, out))
-        finally:
-            os.close(devnull)
-            os.close(out)
+            # the runtime dup2()s the child's ends onto the container's 0, 1, 2 (which clears O_CLOEXEC there only)
+            state = self.runtime.create(cid, bundle, stdio=io.child_stdio, console_socket=io.console_path)
+        except BaseException:
+            io.close()
+            raise
+        try:
+            io.created()
+        except BaseException:
+            io.close()
+            self.runtime.delete(cid, force=True)
+            raise
+        for fd in io.pipes:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, io)
         pid = int(state["pid"])
-        self.watched[pid] = {"id": cid, "exit_file": req["exit_file"], "cgroup": req.get("cgroup")}
+        self.watched[pid] = {"id": cid, "exit_file": req["exit_file"], "cgroup": req.get("cgroup"), "io": io}
+        self.stdio[cid] = io
         try:
             self.runtime.start(cid)
         except BaseException:
             self.watched.pop(pid, None)
+            self._finish_io(cid, io)
             raise
-        return {"ok": True, "pid": pid}
+        return {"ok": True, "pid": pid, "supervisor": self.identity}
+
+    def _stdin(self, req: dict[str, Any], close: bool) -> dict[str, Any]:
+        """A copy of a running container's stdin (its pipe or its terminal), or EOF on it."""
+        from virtkit.core.errors import InvalidState
+
+        io = self.stdio.get(str(req.get("id")))
+        if io is None or io.input_fd is None:
+            raise InvalidState(f"container {req.get('id')!r} is not running with its stdin open")
+        if close:
+            io.close_stdin()
+            return {"ok": True}
+        return {"ok": True, "_fd": io.input_fd}
+
+    # -- output ---------------------------------------------------------------------------------------
+    def _pump(self, io: Any, fd: int) -> None:
+        if not io.pump(fd):
+            self._close_output(io, fd)
+
+    def _close_output(self, io: Any, fd: int) -> None:
+        self.sel.unregister(fd)
+        io.close_output(fd)
+
+    def _finish_io(self, cid: str, io: Any) -> None:
+        """The init is gone: copy what its output still holds and close its stdin. An output whose writers all
+        exited (the usual case: a pid namespace ends with its init) is closed; one that a process outside it
+        still holds stays watched."""
+        for fd in list(io.pipes):
+            if not io.pump(fd):
+                self._close_output(io, fd)
+        io.close_stdin()
+        self.stdio.pop(cid, None)
 
     # -- reaping --------------------------------------------------------------------------------------
     def reap(self) -> None:
@@ -118,6 +194,8 @@ class Supervisor:
             info = self.watched.pop(pid, None)
             if info is None:
                 continue
+            # before the exit is recorded: whoever reads the log after seeing the exit reads all of it
+            self._finish_io(info["id"], info["io"])
             oom = False
             if info.get("cgroup"):
                 try:
@@ -128,13 +206,14 @@ class Supervisor:
                     oom = False
             code, reason = describe_status(status, oom)
             try:
-                _write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()})
+                write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()})
             except OSError as exc:
                 print(f"supervisor: cannot record exit of {info['id']}: {exc}", file=sys.stderr, flush=True)
 
     # -- main loop ------------------------------------------------------------------------------------
     def serve(self) -> None:
         _set_subreaper()
+        _raise_nofile()
         # virtkit's instances use the default seccomp profile: compiled once here, every container forked from
         # this process inherits the program and installs it without running libseccomp
         from virtkit.container import seccomp
@@ -161,7 +240,9 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, _term)
         signal.signal(signal.SIGINT, _term)
-        sel = selectors.DefaultSelector()
+        from virtkit.container.stdio import ContainerIO
+
+        sel = self.sel
         sel.register(listener, selectors.EVENT_READ, "accept")
         sel.register(rfd, selectors.EVENT_READ, "signal")
         with open(os.path.join(self.run_dir, "supervisor.pid"), "w") as f:
@@ -169,7 +250,10 @@ class Supervisor:
         self.reap()
         while not stop and not self.stopping:
             for key, _ in sel.select(timeout=1.0):
-                if key.data == "signal":
+                if isinstance(key.data, ContainerIO):
+                    if key.fd in key.data.pipes:    # not closed earlier in this round (by a reap)
+                        self._pump(key.data, key.fd)
+                elif key.data == "signal":
                     try:
                         while os.read(rfd, 512):
                             pass
@@ -198,8 +282,13 @@ class Supervisor:
                 code = getattr(exc, "code", "system_failure")
                 reply = {"ok": False, "error": code if isinstance(code, str) else "system_failure",
                          "message": getattr(exc, "message", None) or str(exc)}
+            fd = reply.pop("_fd", None)
             try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+                data = json.dumps(reply).encode() + b"\n"
+                if fd is None:
+                    conn.sendall(data)
+                else:   # the fd rides on the reply's first bytes; a reply this small goes in one message
+                    socket.send_fds(conn, [data], [fd])
             except OSError:
                 pass
 
@@ -217,25 +306,53 @@ def _recv_line(sock: socket.socket) -> bytes:
 
 def call(socket_path: str, request: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """Send one request to the supervisor; raise the virtkit error it reports."""
+    reply, fds = _call(socket_path, request, timeout)
+    for fd in fds:
+        os.close(fd)
+    return reply
+
+
+def call_fd(socket_path: str, request: dict[str, Any], timeout: float = 60.0) -> tuple[dict[str, Any], int]:
+    """A request whose reply carries one fd (the caller owns it)."""
+    from virtkit.core.errors import SystemFailure
+
+    reply, fds = _call(socket_path, request, timeout)
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise SystemFailure(f"container supervisor sent {len(fds)} fds for {request.get('op')!r}, not 1")
+    return reply, fds[0]
+
+
+def _call(socket_path: str, request: dict[str, Any], timeout: float) -> tuple[dict[str, Any], list[int]]:
     from virtkit.core.errors import DaemonUnavailable, from_dict
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    fds: list[int] = []
     try:
         try:
             s.connect(socket_path)
         except OSError as exc:
             raise DaemonUnavailable(f"container supervisor not reachable at {socket_path}: {exc.strerror}") from exc
         s.sendall(json.dumps(request).encode() + b"\n")
-        buf = _recv_line(s)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk, got, _flags, _addr = socket.recv_fds(s, 65536, 4)
+            fds += got
+            if not chunk:
+                break
+            buf += chunk
     finally:
         s.close()
     if not buf:
         raise DaemonUnavailable("container supervisor closed the connection without answering")
     reply = json.loads(buf)
     if not reply.get("ok"):
+        for fd in fds:
+            os.close(fd)
         raise from_dict(reply)
-    return reply
+    return reply, fds
 
 
 def ensure_running(run_dir: str, runtime_root: str, log_path: str, timeout: float = 10.0) -> None:

@@ -18,6 +18,7 @@ ALLOWED: dict[str, frozenset[InstanceState]] = {
     "exec": frozenset({S.RUNNING}),
     "rm": frozenset({S.CREATED, S.STOPPED}),
     "stats": frozenset({S.RUNNING, S.PAUSED}),
+    "attach": frozenset({S.RUNNING, S.PAUSED}),
 }
 
 

@@ -16,6 +16,9 @@ MIN_MEMORY = 6 << 20          # Docker's minimum; below this a container cannot 
 MAX_MEMORY = 1 << 50
 MAX_CPUS = 1024.0
 MAX_PIDS = 4194304
+VM_ENGINES = ("qemu", "native")
+KERNEL_FORMATS = ("auto", "bzimage", "elf", "flat")
+KVM_DEVICE = "/dev/kvm"
 
 
 def parse_size(value: str | int, field: str) -> int:
@@ -74,6 +77,8 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
         spec["memory"] = mem
     if req.get("pids") is not None:
         spec["pids"] = _bounded(req, "pids", int, "an integer", 1, MAX_PIDS)
+    spec.update(_memory_tuning(req, spec))
+    spec.update(_stdio(req))
 
     volumes = []
     for v in req.get("volumes") or []:
@@ -96,26 +101,99 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     itype = req.get("type") or "container"
     if itype == "vm":
         spec.update(validate_vm_options(req))
+    else:
+        for key in ("engine", "kernel_format"):
+            if req.get(key) is not None:
+                raise InvalidArgument(f"{key}: only for VMs (--vm)")
     spec.update(validate_network_options(req))
     return spec
 
 
-def validate_vm_options(req: dict[str, Any]) -> dict[str, Any]:
-    """--accel auto|kvm|tcg and --kernel FILE of a VM (the engine checks them against the host on create)."""
+def _memory_tuning(req: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """--memory-swappiness 0..100 and --oom-kill-disable (cgroup v1 only: the runtime refuses them on v2)."""
     out: dict[str, Any] = {}
+    swappiness = req.get("memory_swappiness")
+    if swappiness is not None:
+        if isinstance(swappiness, bool):
+            raise InvalidArgument(f"memory_swappiness: not an integer: {swappiness!r}")
+        out["memory_swappiness"] = _bounded(req, "memory_swappiness", int, "an integer", 0, 100)
+    oom = req.get("oom_kill_disable")
+    if oom is not None and not isinstance(oom, bool):
+        raise InvalidArgument(f"oom_kill_disable: must be true or false (got {oom!r})")
+    if oom:
+        if spec.get("memory") is None:
+            # as Docker warns: with no limit of its own, a container that cannot be OOM-killed can starve the host
+            raise InvalidArgument("oom_kill_disable: needs a memory limit (--memory) to wait at")
+        out["oom_kill_disable"] = True
+    return out
+
+
+def _stdio(req: dict[str, Any]) -> dict[str, Any]:
+    """-i (stdin kept open for whoever attaches), -t (a terminal) and the terminal's first size [rows, cols]."""
+    out: dict[str, Any] = {}
+    for key in ("interactive", "tty"):
+        value = req.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise InvalidArgument(f"{key}: must be true or false (got {value!r})")
+        if value:
+            out[key] = True
+    size = req.get("console_size")
+    if size is not None:
+        if not (isinstance(size, list | tuple) and len(size) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 65535 for n in size)):
+            raise InvalidArgument(f"console_size: must be [rows, columns], each 0..65535 (got {size!r})")
+        if out.get("tty"):
+            out["console_size"] = [size[0], size[1]]
+    return out
+
+
+def validate_vm_options(req: dict[str, Any]) -> dict[str, Any]:
+    """--engine qemu|native, --accel auto|kvm|tcg, --kernel FILE, --kernel-format of a VM (the engine checks them
+    against the host and the file on create)."""
+    out: dict[str, Any] = {}
+    engine = req.get("engine") or "qemu"
+    if engine not in VM_ENGINES:
+        raise InvalidArgument(f"engine: must be qemu or native (got {engine!r})")
+    out["engine"] = engine
     accel = req.get("accel") or "auto"
     if accel not in ("auto", "kvm", "tcg"):
         raise InvalidArgument(f"accel: must be auto, kvm or tcg (got {accel!r})")
+    if engine == "native" and accel != "auto":
+        raise InvalidArgument("accel: only for the qemu engine (the native engine always runs on /dev/kvm)")
     out["accel"] = accel
     kernel = req.get("kernel")
     if kernel is not None:
         if not isinstance(kernel, str) or not os.path.isabs(kernel):
             raise InvalidArgument(f"kernel: must be an absolute path (got {kernel!r})")
         out["kernel"] = kernel
-    for key in ("volumes", "cap_add", "cap_drop", "pids", "workdir"):
+    fmt = req.get("kernel_format")
+    if fmt is not None:
+        if engine != "native":
+            raise InvalidArgument("kernel_format: only for the native engine (--engine native); "
+                                  "QEMU tells the format itself")
+        if fmt not in KERNEL_FORMATS:
+            raise InvalidArgument(f"kernel_format: must be auto, bzimage, elf or flat (got {fmt!r})")
+        if kernel is None and fmt not in ("auto", "elf"):
+            raise InvalidArgument(f"kernel_format: {fmt} needs a kernel file (--kernel); "
+                                  "the default kernel is Debian's ELF vmlinux")
+    if engine == "native":
+        out["kernel_format"] = fmt or "auto"
+        require_kvm()
+    for key in ("volumes", "cap_add", "cap_drop", "pids", "workdir", "memory_swappiness", "oom_kill_disable",
+                "interactive", "tty"):
         if req.get(key):
             raise InvalidArgument(f"{key}: not supported for VMs yet")
     return out
+
+
+def require_kvm() -> None:
+    """The native engine's one need of the host: a /dev/kvm it can open."""
+    if not os.path.exists(KVM_DEVICE):
+        raise InvalidArgument(f"engine: native needs {KVM_DEVICE}, which this host does not have (no hardware "
+                              "virtualization exposed, or the kvm module is not loaded); use --engine qemu")
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        raise InvalidArgument(f"engine: native needs {KVM_DEVICE} readable and writable, and it is not for this "
+                              "user; use --engine qemu")
 
 
 def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:

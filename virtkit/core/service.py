@@ -250,6 +250,24 @@ class InstanceService:
         lifecycle.require(inst, "exec")
         return self.driver(inst).exec_argv(inst, command, tty=tty, env=env or [], console_socket=console_socket)
 
+    def open_stdin(self, name: str) -> int:
+        """A file descriptor onto the running instance's stdin (or terminal); it must have been made with -i/-t."""
+        inst = self.get(name)
+        lifecycle.require(inst, "attach")
+        if not (inst.spec.get("interactive") or inst.spec.get("tty")):
+            raise InvalidArgument(f"stdin: instance '{inst.name}' was not created with -i or -t: it has no stdin "
+                                  "to attach to")
+        drv: Any = self.driver(inst)
+        if not hasattr(drv, "open_stdin"):
+            raise InvalidArgument(f"stdin: {inst.type} instances have no stdin to attach to")
+        return int(drv.open_stdin(inst))
+
+    def close_stdin(self, name: str) -> None:
+        inst = self.get(name)
+        drv: Any = self.driver(inst)
+        if inst.state in (S.RUNNING, S.PAUSED) and inst.spec.get("interactive") and hasattr(drv, "close_stdin"):
+            drv.close_stdin(inst)
+
     def stats(self, name: str) -> dict[str, Any]:
         inst = self.get(name)
         lifecycle.require(inst, "stats")
@@ -259,11 +277,15 @@ class InstanceService:
         inst = self.store.get_instance(instance_id)
         return self.driver(inst).watch(inst)
 
-    def output_filter(self, instance_id: str) -> Any:
-        """A driver's filter of its instance's raw output (feed/flush), or None to show it as it is."""
+    def log_decoder(self, instance_id: str) -> Any:
+        """What turns the instance's log file into (stream, bytes) records (see core/logs.py)."""
+        from virtkit.core.logs import SingleStreamDecoder
+
         inst = self.store.get_instance(instance_id)
-        drv = self.driver(inst)
-        return drv.output_filter(inst) if hasattr(drv, "output_filter") else None
+        drv: Any = self.driver(inst)
+        if hasattr(drv, "log_decoder"):
+            return drv.log_decoder(inst)
+        return SingleStreamDecoder(drv.output_filter(inst) if hasattr(drv, "output_filter") else None)
 
     def log_path(self, name: str) -> str:
         inst = self.store.get_instance(name)
