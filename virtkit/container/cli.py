@@ -6,11 +6,11 @@ create/start/delete cycle has a budget of a few tens of milliseconds.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
+from virtkit.container import fastjson
 from virtkit.core.errors import InvalidArgument, Unsupported, VirtkitError
 
 TYPE_CHECKING = False
@@ -52,9 +52,9 @@ def _log(opts: Options, level: str, msg: str) -> None:
         return
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if opts.log_format == "json":
-        line = json.dumps({"level": level, "msg": msg, "time": now})
+        line = fastjson.dumps({"level": level, "msg": msg, "time": now})
     else:
-        line = f"time=\"{now}\" level={level} msg={json.dumps(msg)}"
+        line = f"time=\"{now}\" level={level} msg={fastjson.dumps(msg)}"
     try:
         with open(opts.log, "a") as f:
             f.write(line + "\n")
@@ -149,6 +149,8 @@ def _signal(name: str) -> int:
 
 
 def _print_json(obj: Any) -> None:
+    import json  # indented as runc prints it; not on the create/start/delete path
+
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
@@ -174,7 +176,7 @@ def _exec_process(rt: Any, cid: str, flags: dict[str, Any], pos: list[str]) -> d
     if flags.get("process"):
         try:
             with open(flags["process"]) as f:
-                return json.load(f)
+                return fastjson.loads(f.read())  # type: ignore[no-any-return]
         except ValueError as exc:
             raise InvalidArgument(f"--process: malformed JSON: {exc}") from None
         except OSError as exc:
@@ -202,6 +204,8 @@ def dispatch(opts: Options, verb: str, flags: dict[str, Any], pos: list[str]) ->
         path = os.path.join(flags.get("bundle") or ".", "config.json")
         if os.path.exists(path):
             raise InvalidArgument(f"spec: {path} already exists")
+        import json
+
         with open(path, "w") as f:
             json.dump(default_spec(rootless=bool(flags.get("rootless"))), f, indent=2)
         return 0

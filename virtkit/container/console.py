@@ -6,10 +6,10 @@ name and whose SCM_RIGHTS ancillary data carries the master fd.
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py builds enums at import, ~4 ms of every container start
 import array
 import fcntl
 import os
-import socket
 import struct
 import termios
 
@@ -21,9 +21,9 @@ TIOCSCTTY = 0x540E
 TIOCSWINSZ = 0x5414
 
 
-def connect(path: str) -> socket.socket:
+def connect(path: str) -> _socket.socket:
     """Connect to the console socket early, while the host's filesystem is still visible."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.connect(path)
     except OSError as exc:
@@ -47,9 +47,9 @@ def open_pty(size: dict | None = None) -> tuple[int, int, str]:
     return master, slave, name
 
 
-def send_master(sock: socket.socket, master: int, name: str) -> None:
+def send_master(sock: _socket.socket, master: int, name: str) -> None:
     try:
-        sock.sendmsg([name.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]))])
+        sock.sendmsg([name.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [master]))])
     except OSError as exc:
         raise SystemFailure(f"send terminal to console socket: {exc.strerror}") from exc
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
+from virtkit.container import fastjson
 from virtkit.core.errors import SystemFailure
 
 TYPE_CHECKING = False
@@ -19,7 +19,7 @@ def run_hooks(hooks: list[dict[str, Any]] | None, state: dict[str, Any], kind: s
         return
     import subprocess
 
-    data = json.dumps(state).encode()
+    data = fastjson.dumps(state).encode()
     for i, h in enumerate(hooks):
         args = h.get("args") or [h["path"]]
         env = dict(e.split("=", 1) for e in h.get("env", []) if "=" in e)

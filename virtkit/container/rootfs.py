@@ -8,10 +8,10 @@ CVE-2021-30465 class) and the mount targets the resulting O_PATH fd through /pro
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 
+from virtkit.container import fastjson
 from virtkit.container import syscalls as sc
 from virtkit.container.devices import DEFAULT_DEVICES
 from virtkit.core.errors import InvalidArgument, SystemFailure
@@ -143,7 +143,7 @@ def setup_root(spec: dict, rootfs: str) -> None:
 
 def _overlay_data(value: str) -> str:
     try:
-        cfg = json.loads(value)
+        cfg = fastjson.loads(value)
         lower, upper, work = cfg["lowerdir"], cfg["upperdir"], cfg["workdir"]
         assert isinstance(lower, list) and lower and all(isinstance(x, str) for x in lower)
         assert isinstance(upper, str) and isinstance(work, str)

@@ -7,11 +7,11 @@ stage 2 reports "ready" over a sync socket and blocks on <root>/<id>/exec.fifo u
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py builds enums at import (~3 ms a start)
+import _socket  # the C module: socket.py builds enums at import, ~4 ms of every container start
 import builtins
 import os
 import select
-import signal
-import socket
 import time
 
 from virtkit.container import state as st
@@ -48,6 +48,19 @@ def _raise_child_error(msg: dict[str, Any]) -> None:
         cls = E.SystemFailure
     raise cls(msg.get("message", "container setup failed"))
 
+
+
+class _Closing:
+    """`with` for a _socket.socket (the C socket has no context manager; socket.py's is what we avoid)."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+
+    def __enter__(self) -> _socket.socket:
+        return self.sock
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
 
 class Runtime:
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
@@ -140,7 +153,7 @@ class Runtime:
         # imports and the seccomp program, made here as the host's root: after unshare(CLONE_NEWUSER) the
         # children may no longer read the Python library (e.g. under a 0700 /root)
         initmod.preload(spec)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         opts = {"stdio": stdio, "cgroup": cg, "ns_flags": flags, "ns_join": joins, "bundle": bundle,
                 "console_socket": console_socket, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
                 "fifo_fd": fifo_fd, "hook_state": hook_state}
@@ -177,7 +190,7 @@ class Runtime:
 
         undo.append(kill_s2)
         ready = False
-        with parent:
+        with _Closing(parent):
             while not (ready and s2):
                 msg = initmod.recv(parent)
                 if msg is None:
@@ -314,7 +327,7 @@ class Runtime:
         specmod.validate_process(proc)
         cg = _cgroup(rec["cgroup"])
         initmod.preload({"linux": rec["spec"].get("linux") or {}})
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         opts = {"stdio": stdio, "cgroup": cg, "console_socket": console_socket, "detach": detach,
                 "preserve_fds": preserve_fds}
         try:
@@ -327,7 +340,7 @@ class Runtime:
         gpid = 0
         ready = False
         try:
-            with parent:
+            with _Closing(parent):
                 while not (gpid and ready):
                     msg = initmod.recv(parent)
                     if msg is None:
@@ -435,7 +448,5 @@ def _wait_gone(pid: int, start_time: int | None, timeout: float = 10.0, reap: tu
 
 def _kill_and_destroy(cg: Any) -> None:
     if cg.exists():
-        import signal as _s
-
-        cg.kill_all(_s.SIGKILL)
+        cg.kill_all(signal.SIGKILL)
         cg.destroy()

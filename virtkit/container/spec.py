@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 
+from virtkit.container import fastjson
 from virtkit.core.errors import InvalidArgument, NotFound
 
 TYPE_CHECKING = False
@@ -94,7 +94,7 @@ def load_bundle(bundle: str) -> dict:
     except OSError as exc:
         raise InvalidArgument(f"bundle: cannot read {path}: {exc.strerror}") from exc
     try:
-        spec = json.loads(raw)
+        spec = fastjson.loads(raw)
     except ValueError as exc:
         raise InvalidArgument(f"config.json: malformed JSON: {exc}") from None
     validate(spec)

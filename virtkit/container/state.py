@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
+from virtkit.container import fastjson
 from virtkit.core.errors import AlreadyExists, InvalidArgument, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from typing import Any
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_REST = _ID_FIRST | frozenset("_.-")  # checked by hand: `re` costs ~5 ms of a container start
 STATE_FILE = "state.json"
 FIFO = "exec.fifo"
 
 
 def check_id(container_id: str) -> None:
     if not isinstance(container_id, str) or not container_id or len(container_id) > 1024 \
-            or not _ID_RE.match(container_id):
+            or container_id[0] not in _ID_FIRST or not _ID_REST.issuperset(container_id):
         raise InvalidArgument(
             f"container id: invalid {container_id!r} (want [A-Za-z0-9][A-Za-z0-9_.-]*, at most 1024 chars)")
 
@@ -61,14 +61,14 @@ class StateDir:
     def load(self) -> dict[str, Any]:
         try:
             with open(self.file, "rb") as f:
-                return json.loads(f.read())
+                return fastjson.loads(f.read())
         except FileNotFoundError:
             raise NotFound(f"container {self.id!r} does not exist") from None
 
     def save(self, data: dict[str, Any]) -> None:
         tmp = f"{self.file}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            f.write(json.dumps(data))   # dumps uses the C encoder; dump(fp) iterates in Python
+            f.write(fastjson.dumps(data))   # dumps uses the C encoder; dump(fp) iterates in Python
         os.rename(tmp, self.file)
 
     def remove(self) -> None:

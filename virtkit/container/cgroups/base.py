@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py builds enums at import (~3 ms a start)
 import errno
 import os
-import signal
 import time
 
 from virtkit.core.errors import InvalidArgument, InvalidState, SystemFailure
@@ -177,7 +177,21 @@ class CgroupManager:
     def _rmdir_all(self) -> None:
         raise NotImplementedError
 
+    def _control_path(self, name: str, field: str) -> str:
+        """Where control file `name` ("cpu.shares", "cpuset.cpus") of this cgroup is; Unsupported if absent."""
+        raise NotImplementedError
+
     # -- shared --
+    def write_controls(self, controls: list[tuple[str, str, str]]) -> None:
+        """Write (file, value, user's field) triples, e.g. CPU sharing settings, to an existing cgroup.
+
+        Every file is looked up before the first write, so a missing controller changes nothing; a value the
+        kernel refuses is an InvalidArgument naming the user's field.
+        """
+        paths = [(self._control_path(name, field), value, field) for name, value, field in controls]
+        for path, value, field in paths:
+            write_file(path, value, field=field)
+
     def _signal_each(self, sig: int) -> None:
         for pid in self.pids():
             try:

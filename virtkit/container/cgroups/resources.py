@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 from virtkit.core.errors import InvalidArgument
 
@@ -69,6 +68,8 @@ def _cpu_list(section: dict, key: str, name: str) -> str | None:
     value = section.get(key)
     if value is None or value == "":
         return None
+    import re  # here, not at the top: `re` costs ~5 ms and most starts have no CPU list
+
     if not isinstance(value, str) or not re.match(_CPU_LIST_RE, value.replace(" ", "")):
         raise InvalidArgument(f"{name}: must be a list like '0-2,4' (got {value!r})")
     value = value.replace(" ", "")

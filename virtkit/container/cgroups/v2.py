@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py builds enums at import (~3 ms a start)
 import os
-import signal
 import time
 
 from virtkit.container.cgroups.base import (
@@ -77,6 +77,9 @@ class V2Manager(CgroupManager):
             ctrl = name.split(".", 1)[0]
             raise Unsupported(f"{what}: the cgroup v2 {ctrl!r} controller is not available at {self.dir}")
         return path
+
+    def _control_path(self, name: str, field: str) -> str:
+        return self._file(name, field)
 
     def apply(self, resources: dict | None) -> None:
         plan = validate_resources(resources)
