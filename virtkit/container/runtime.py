@@ -50,6 +50,14 @@ def _raise_child_error(msg: dict[str, Any]) -> None:
 
 
 
+
+def _read_byte(fd: int) -> bool:
+    """One byte from the exec fifo (non-blocking); False when none is there yet (or no writer has opened it)."""
+    try:
+        return bool(os.read(fd, 1))
+    except BlockingIOError:
+        return False
+
 class _Closing:
     """`with` for a _socket.socket (the C socket has no context manager; socket.py's is what we avoid)."""
 
@@ -231,17 +239,13 @@ class Runtime:
         except FileNotFoundError:
             raise E.InvalidState(f"container {container_id!r} was already started") from None
         try:
-            data = b""
             deadline = time.monotonic() + 10
-            while not data:
+            while not _read_byte(fd):
                 left = deadline - time.monotonic()
-                if left <= 0 or st.proc_start_time(rec["pid"]) is None:
+                # a short-lived process may take the signal and exit before we look: read once more first
+                if (left <= 0 or st.proc_start_time(rec["pid"]) is None) and not _read_byte(fd):
                     raise E.SystemFailure(f"container {container_id!r}: init did not take the start signal")
-                select.select([fd], [], [], min(left, 0.1))
-                try:
-                    data = os.read(fd, 1)
-                except BlockingIOError:
-                    continue
+                select.select([fd], [], [], min(max(left, 0), 0.1))
         finally:
             os.close(fd)
         os.unlink(d.fifo)
