@@ -171,7 +171,8 @@ def test_port_forward_from_host_and_hairpin(vk_home, client, name, cleanup):
     r = _sh(vk_home, net["name"], f"wget -qO- http://{net['gateway']}:{anyaddr}/")  # hairpin
     assert r.stdout.decode() == want, r.stderr
     r = vk(vk_home, "run", "-d", "--network", net["name"], "-p", f"{anyaddr}:81", "busybox", "--", "true")
-    assert r.returncode == 1 and b"already published" in r.stderr
+    assert r.returncode == 1 and f"0.0.0.0:{anyaddr}/tcp is already allocated to instance '{name}'".encode() \
+        in r.stderr, r.stderr
     vk(vk_home, "rm", "-f", name)
     with pytest.raises(OSError):
         _http(f"http://127.0.0.1:{local}/")
@@ -330,4 +331,86 @@ def test_start_after_the_namespace_was_lost(vk_home, client, name, cleanup):
     r = vk(vk_home, "start", name)
     assert r.returncode == 0, r.stderr
     r = _sh(vk_home, net["name"], wget(f"http://{before}/"))
+    assert r.stdout.decode() == f"hello-{name}\n", r.stderr
+
+
+def _names(vk_home: str) -> list[str]:
+    return [i["name"] for i in json.loads(vk(vk_home, "list", "--json").stdout)]
+
+
+def test_host_port_conflicts(vk_home, client, name, cleanup):
+    """Docker's rule: a running instance holds its host ports, a stopped one none; the host's own are seen too;
+    a refused run leaves nothing."""
+    net = _net(vk_home)
+    cleanup["networks"].append(net["name"])
+    port = _free_port()
+    cleanup["instances"].append(_run(vk_home, "--name", name, "--network", net["name"], "-p",
+                                     f"127.0.0.1:{port}:80", "busybox", "--", "sh", "-c", HTTPD))
+    with socket.socket() as s, pytest.raises(OSError):     # held while it runs: nothing else can take it
+        s.bind(("127.0.0.1", port))
+    before = (_names(vk_home), json.loads(vk(vk_home, "network", "show", net["name"]).stdout)["instances"])
+    r = vk(vk_home, "run", "-d", "--name", name + "-b", "--network", net["name"], "-p", f"{port}:80",
+           "busybox", "--", "true")
+    assert r.returncode == 1, r.stderr
+    assert f"host port 0.0.0.0:{port}/tcp is already allocated to instance '{name}'".encode() in r.stderr
+    with socket.socket() as s:                             # a program of the host's on another port
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        busy = s.getsockname()[1]
+        r = vk(vk_home, "run", "-d", "--network", net["name"], "-p", f"127.0.0.1:{busy}:80", "busybox", "--", "true")
+        assert r.returncode == 1 and f"127.0.0.1:{busy}/tcp is in use on the host".encode() in r.stderr, r.stderr
+    other = _free_port()
+    r = vk(vk_home, "run", "-d", "--network", net["name"], "-p", f"{other}:80", "-p", f"127.0.0.1:{other}:81",
+           "busybox", "--", "true")
+    assert r.returncode == 2 and b"given twice" in r.stderr, r.stderr
+    assert (_names(vk_home), json.loads(vk(vk_home, "network", "show", net["name"]).stdout)["instances"]) == before
+    # stopped: the port is free; another instance takes it, and the first cannot start on it any more
+    assert vk(vk_home, "stop", "-t", "1", name).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+    cleanup["instances"].append(_run(vk_home, "--name", name + "-c", "--network", net["name"], "-p", f"{port}:80",
+                                     "busybox", "--", "sh", "-c", HTTPD))
+    assert _http(f"http://127.0.0.1:{port}/", wait=10) == f"hello-{name}-c\n"
+    r = vk(vk_home, "start", name)
+    assert r.returncode == 1 and f"already allocated to instance '{name}-c'".encode() in r.stderr, r.stderr
+    assert vk(vk_home, "rm", "-f", name + "-c").returncode == 0
+    assert vk(vk_home, "start", name).returncode == 0
+    assert _http(f"http://127.0.0.1:{port}/", wait=10) == f"hello-{name}\n"
+    client.shutdown()                                      # a new virtkitd takes the running one's port again
+    import time
+
+    time.sleep(1)
+    r = vk(vk_home, "run", "-d", "--network", net["name"], "-p", f"{port}:80", "busybox", "--", "true")
+    assert r.returncode == 1 and f"allocated to instance '{name}'".encode() in r.stderr, r.stderr
+    with socket.socket() as s, pytest.raises(OSError):
+        s.bind(("127.0.0.1", port))
+    assert _http(f"http://127.0.0.1:{port}/") == f"hello-{name}\n"
+
+
+def test_disconnect_the_primary_network_and_connect_back(vk_home, client, name, cleanup):
+    front, back = _net(vk_home), _net(vk_home)
+    cleanup["networks"] += [front["name"], back["name"]]
+    port = _free_port()
+    cleanup["instances"].append(_run(vk_home, "--name", name, "--network", front["name"], "-p",
+                                     f"127.0.0.1:{port}:80", "busybox", "--", "sh", "-c", HTTPD))
+    cleanup["instances"].append(_run(vk_home, "--name", name + "-p", "--network", front["name"], "busybox", "--",
+                                     "sleep", "600"))
+    assert _http(f"http://127.0.0.1:{port}/", wait=10) == f"hello-{name}\n"
+    assert vk(vk_home, "network", "connect", back["name"], name).returncode == 0
+    r = vk(vk_home, "network", "disconnect", front["name"], name)
+    assert r.returncode == 0, r.stderr
+    links = vk(vk_home, "exec", name, "--", "ip", "-o", "link").stdout.decode()
+    assert "eth0" not in links and "eth1" in links and "lo" in links, links
+    assert vk(vk_home, "exec", name, "--", "ip", "route").stdout.decode().count("default") == 0
+    with pytest.raises(OSError):
+        _http(f"http://127.0.0.1:{port}/")                  # its published port went with the network
+    assert f"\t{name}\n" not in vk(vk_home, "exec", name + "-p", "--", "cat", "/etc/hosts").stdout.decode()
+    r = _sh(vk_home, back["name"], wget(f"http://{name}/"))  # still served on the other network, by name
+    assert r.stdout.decode() == f"hello-{name}\n", r.stderr
+    r = vk(vk_home, "network", "connect", front["name"], name)
+    assert r.returncode == 0 and r.stdout.decode().split()[1] == "eth0", r.stderr
+    route = vk(vk_home, "exec", name, "--", "ip", "route").stdout.decode()
+    assert f"default via {front['gateway']}" in route, route
+    assert _http(f"http://127.0.0.1:{port}/", wait=10) == f"hello-{name}\n"
+    r = vk(vk_home, "exec", name + "-p", "--", "sh", "-c", wget(f"http://{name}/"))
     assert r.stdout.decode() == f"hello-{name}\n", r.stderr

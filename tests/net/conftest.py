@@ -19,6 +19,10 @@ class FakeFabric:
         self.routes = [ipaddress.IPv4Network("10.80.0.0/24"), ipaddress.IPv4Network("192.0.2.0/24")]
         self.fail_attach = False
         self.removed_ifaces: list[str] = []
+        self.busy: set[tuple[str | None, int, str]] = set()
+        self.held: dict[str, list[dict[str, Any]]] = {}
+        self.zones: dict[str, Any] = {}
+        self.closed = False
 
     def bridge_name(self, index: int) -> str:
         return f"vkbtest{index}"
@@ -67,6 +71,39 @@ class FakeFabric:
 
     def write_hosts(self, instance_id: str, content: str) -> None:
         self.hosts[instance_id] = content
+
+    def ensure_netns(self, instance_id: str) -> dict[str, Any]:
+        self.attached[instance_id] = {"instance_id": instance_id}
+        return {"netns": f"/ns/{instance_id}"}
+
+    # host ports: `busy` plays the host's other programs
+    def probe_ports(self, ports: list[dict[str, Any]]) -> None:
+        from virtkit.core.errors import InUse
+
+        for p in ports:
+            if (p.get("host_ip"), p["host_port"], p["proto"]) in self.busy or \
+                    (None, p["host_port"], p["proto"]) in self.busy:
+                raise InUse(f"port: host port {p['host_port']}/{p['proto']} is in use on the host")
+
+    def reserve_ports(self, instance_id: str, ports: list[dict[str, Any]]) -> None:
+        self.held.pop(instance_id, None)
+        self.probe_ports(ports)
+        if ports:
+            self.held[instance_id] = ports
+
+    def release_ports(self, instance_id: str) -> None:
+        self.held.pop(instance_id, None)
+
+    def port_holders(self) -> set[str]:
+        return set(self.held)
+
+    def serve_names(self, zones: dict[str, Any]) -> list[str]:
+        self.zones = zones
+        return []
+
+    def close(self) -> None:
+        self.held.clear()
+        self.closed = True
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ def add_parser(sub: Any) -> None:
     co.add_argument("network")
     co.add_argument("instance")
     co.add_argument("--ip", help="static address on the network")
-    dc = net.add_parser("disconnect", help="remove an instance's interface on NETWORK (added by connect)")
+    dc = net.add_parser("disconnect", help="remove an instance's interface on NETWORK (its primary one too: its "
+                                          "published ports go with it; connect makes a new primary)")
     dc.add_argument("network")
     dc.add_argument("instance")
     rm = net.add_parser("rm", help="remove networks (not while an instance is on them)")

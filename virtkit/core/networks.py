@@ -1,5 +1,6 @@
-"""Virtual networks: create, list, inspect, remove; address management (IPAM); what an instance on a network
-needs (the NetworkService, an InstanceService hook). Side effects live in `net.fabric`; this decides.
+"""Virtual networks: create, list, inspect, remove; address management (IPAM); the rules and names of a home's
+networks. What instances do on them (the InstanceService hooks, host ports, connect/disconnect) is
+core.network_members'; side effects live in `net.fabric`; this decides.
 
 Leases are rows with a unique (network, address) constraint: the store refuses a second holder even when
 two creates race, and the loser takes the next free address. Bridges and rules are runtime state rebuilt
@@ -10,96 +11,41 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from virtkit.core.errors import AlreadyExists, InUse, InvalidArgument, InvalidState, NotFound
+from virtkit.core.errors import AlreadyExists, InUse, InvalidArgument, NotFound
 from virtkit.core.models import Instance, validate_name
+from virtkit.core.network_members import LIVE_STATES, InstanceNetworking
+from virtkit.core.network_model import (
+    DEFAULT,
+    NONE,
+    POOL,
+    Lease,
+    Network,
+    mac_for,
+    network_of,
+    parse_rate,
+    parse_subnet,
+)
 
 if TYPE_CHECKING:
     from virtkit.store.base import Store
 
-DEFAULT = "default"
-NONE = "none"
-MIN_PREFIX, MAX_PREFIX = 16, 29
-# where subnets are picked when none is given: 10.80.0.0/24 ... 10.127.255.0/24, skipping host routes
-_POOL = ipaddress.IPv4Network("10.80.0.0/12")
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|k|m|g)(bit|bps)\s*$", re.IGNORECASE)
+__all__ = ["DEFAULT", "NONE", "Lease", "Network", "NetworkService", "mac_for", "network_of", "parse_rate",
+           "parse_subnet"]
 
 
-@dataclass
-class Network:
-    name: str
-    index: int                   # names the bridge (vkb<home><index>)
-    subnet: str                  # "10.77.1.0/24"
-    gateway: str                 # the bridge's address, the instances' default route
-    nat: bool
-    isolated: bool
-    created_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Lease:
-    network: str
-    address: str
-    instance_id: str
-    mac: str
-    created_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def mac_for(address: str) -> str:
-    """A locally administered unicast MAC derived from the address (unique on a network, like Docker's)."""
-    octets = ipaddress.IPv4Address(address).packed
-    return "02:42:" + ":".join(f"{b:02x}" for b in octets)
-
-
-def parse_rate(value: Any) -> int:
-    """'10mbit', '512kbit', '1gbit', '2mbps' -> bits per second."""
-    m = _RATE_RE.match(str(value))
-    if not m:
-        raise InvalidArgument(f"rate: cannot parse {value!r} (use e.g. 10mbit, 512kbit)")
-    n = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-    if m.group(3).lower() == "bps":
-        n *= 8
-    if not 8_000 <= n <= 30e9:
-        raise InvalidArgument(f"rate: must be between 8kbit and 30gbit (got {value!r})")
-    return int(n)
-
-
-def parse_subnet(value: Any) -> ipaddress.IPv4Network:
-    try:
-        net = ipaddress.IPv4Network(str(value), strict=True)
-    except ValueError as exc:
-        raise InvalidArgument(f"subnet: {value!r} is not an IPv4 network like 10.77.1.0/24 ({exc})") from exc
-    if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
-        raise InvalidArgument(f"subnet: prefix length must be /{MIN_PREFIX} to /{MAX_PREFIX} (got /{net.prefixlen})")
-    if not net.is_private or net.is_loopback or net.is_link_local:
-        raise InvalidArgument(f"subnet: {net} is not a private range (use 10/8, 172.16/12 or 192.168/16)")
-    return net
-
-
-def network_of(instance: Instance) -> str | None:
-    """The network an instance is on (None: loopback only)."""
-    name = instance.spec.get("network", DEFAULT)
-    return None if name in (None, NONE) else str(name)
-
-
-class NetworkService:
-    def __init__(self, store: Store, fabric: Any) -> None:
+class NetworkService(InstanceNetworking):
+    def __init__(self, store: Store, fabric: Any, live: Callable[[Instance], bool] | None = None) -> None:
         self.store = store
         self.fabric = fabric          # net.fabric.NetFabric: the side effects
         self._lock = threading.RLock()
+        self.live = live or (lambda inst: inst.state in LIVE_STATES)
+        self._starting = set()
 
     # -- queries --------------------------------------------------------------------------------------
     def get(self, name: str) -> Network:
@@ -129,7 +75,9 @@ class NetworkService:
             raise InvalidArgument("name: 'none' is reserved (it means: no network)")
         subnet = parse_subnet(req["subnet"]) if req.get("subnet") else None
         with self._lock:
-            return self._create(str(name), subnet, bool(req.get("nat")), bool(req.get("isolated")))
+            net = self._create(str(name), subnet, bool(req.get("nat")), bool(req.get("isolated")))
+            self._publish_names()
+            return net
 
     def _create(self, name: str, subnet: ipaddress.IPv4Network | None, nat: bool, isolated: bool) -> Network:
         try:
@@ -142,9 +90,9 @@ class NetworkService:
         ours = {n.subnet for n in nets}
         busy = taken + [r for r in self.fabric.host_routes() if str(r) not in ours and r.prefixlen > 0]
         if subnet is None:
-            subnet = next((s for s in _POOL.subnets(new_prefix=24) if not any(s.overlaps(b) for b in busy)), None)
+            subnet = next((s for s in POOL.subnets(new_prefix=24) if not any(s.overlaps(b) for b in busy)), None)
             if subnet is None:
-                raise InUse(f"no free /24 left in {_POOL} for network '{name}'; give --subnet")
+                raise InUse(f"no free /24 left in {POOL} for network '{name}'; give --subnet")
         else:
             clash = next((b for b in busy if subnet.overlaps(b)), None)
             if clash is not None:
@@ -172,10 +120,12 @@ class NetworkService:
             self.store.delete_network(net.name)
             self.fabric.remove_network(net.index)
             self._apply_rules()
+            self._publish_names()
 
     # -- daemon start / stop --------------------------------------------------------------------------
     def setup(self) -> None:
-        """At daemon start: the default network exists, bridges and rules match the store."""
+        """At daemon start: the default network exists, bridges and rules match the store, running instances
+        hold their host ports again, the VMs' name server answers."""
         with self._lock:
             try:
                 self.store.get_network(DEFAULT)
@@ -183,12 +133,16 @@ class NetworkService:
                 self._create(DEFAULT, None, nat=True, isolated=False)
             for net in self.store.list_networks():
                 self.fabric.ensure_network(net.index, net.gateway, ipaddress.IPv4Network(net.subnet).prefixlen)
+            self.restore_ports()
             self._apply_rules()
+            self._publish_names()
 
     def shutdown(self) -> None:
-        """At daemon stop: with no instance on any network, take bridges and rules down (kept in the store,
-        rebuilt at the next start), so a stopped home holds no kernel objects."""
+        """At daemon stop: host ports and the name server are let go (the rules stay: instances run on); with no
+        instance on any network, bridges and rules go too (kept in the store, rebuilt at the next start), so a
+        stopped home holds no kernel objects."""
         with self._lock:
+            self.fabric.close()
             if self.store.list_leases():
                 return
             for net in self.store.list_networks():
@@ -204,14 +158,38 @@ class NetworkService:
             rs.networks = [NetRules(self.fabric.bridge_name(n.index), n.subnet, n.nat, n.isolated)
                            for n in nets.values()]
             by_id = {i.id: i for i in self.store.list_instances()}
+            holders = self.fabric.port_holders()
             for le in self.store.list_leases():
                 rs.ports.append(PortRules(self.fabric.veth_name(le.instance_id, le.network), le.mac, le.address))
                 inst = by_id.get(le.instance_id)
-                if inst is None or le.network != network_of(inst):
-                    continue                # published ports go to the address on the instance's first network
+                # published ports go to the address on the primary network, while the instance holds them (runs)
+                if inst is None or le.network != network_of(inst) or inst.id not in holders:
+                    continue
                 for p in inst.spec.get("ports") or []:
                     rs.forwards.append(Forward(p.get("host_ip"), p["host_port"], p["proto"], le.address, p["port"]))
         self.fabric.apply_rules(rs)
+
+    def _publish_names(self) -> None:
+        """Each network's names (instance names and hostnames -> addresses) to the VMs' name server."""
+        from virtkit.net.dns import Zone
+
+        try:
+            by_id = {i.id: i for i in self.store.list_instances()}
+            names: dict[str, dict[str, str]] = {}
+            for le in self.store.list_leases():
+                inst = by_id.get(le.instance_id)
+                if inst is None:
+                    continue
+                table = names.setdefault(le.network, {})
+                for n in {inst.name, inst.spec.get("hostname") or inst.name}:
+                    table[n.lower()] = le.address
+            zones = {n.gateway: Zone(names.get(n.name, {}), forward=not n.isolated)
+                     for n in self.store.list_networks()}
+            failed = self.fabric.serve_names(zones)
+        except Exception as exc:  # names in VMs are not worth failing a create or rm for
+            failed = [str(exc)]
+        if failed:
+            print(f"virtkitd: VM name server: cannot serve {failed}", file=sys.stderr, flush=True)
 
     # -- addresses ------------------------------------------------------------------------------------
     def _allocate(self, net: Network, instance: Instance, static: str | None) -> Lease:
@@ -243,168 +221,3 @@ class NetworkService:
                 except AlreadyExists:     # taken meanwhile by another create: try the next one
                     continue
         raise InUse(f"network '{net.name}': could not reserve an address (too much contention); try again")
-
-    # -- instance hooks (called by InstanceService) ---------------------------------------------------
-    def prepare(self, instance: Instance) -> Callable[[], None] | None:
-        name = network_of(instance)
-        if name is None:
-            return None
-        with self._lock:
-            try:
-                net = self.get(name)
-            except NotFound as exc:
-                hint = " (virtkitd could not make it: see its log)" if name == DEFAULT else ""
-                raise NotFound(f"network: '{name}' not found{hint} (see `virtkit network list`)") from exc
-            self._check_ports(instance)
-            lease = self._allocate(net, instance, instance.spec.get("ip"))
-            try:
-                subnet = ipaddress.IPv4Network(net.subnet)
-                if instance.type == "container":
-                    made = self.fabric.attach(
-                        instance_id=instance.id, network=net.name, index=net.index, address=lease.address,
-                        prefixlen=subnet.prefixlen, gateway=None if net.isolated else net.gateway, mac=lease.mac)
-                else:   # a VM: its VMM opens the TAP; the guest takes address, MAC and gateway from spec["net"]
-                    made = self.fabric.attach_tap(instance_id=instance.id, network=net.name, index=net.index)
-                instance.spec["net"] = {**made, "network": net.name, "address": lease.address, "mac": lease.mac,
-                                        "gateway": net.gateway, "prefixlen": subnet.prefixlen}
-                if instance.spec.get("rate") and instance.type == "container":
-                    self.fabric.set_rate(instance.id, made["veth"], int(instance.spec["rate"]))
-                self._apply_rules()
-            except BaseException:
-                self._release(instance, lease_only=True)
-                raise
-        return lambda: self._release(instance)
-
-    def _check_ports(self, instance: Instance) -> None:
-        mine = instance.spec.get("ports") or []
-        for other in self.store.list_instances():
-            if other.id == instance.id:
-                continue
-            for p in other.spec.get("ports") or []:
-                for q in mine:
-                    if (p["host_port"], p["proto"]) == (q["host_port"], q["proto"]) and \
-                            (p.get("host_ip") is None or q.get("host_ip") is None or p["host_ip"] == q["host_ip"]):
-                        raise InUse(f"port: {q['host_port']}/{q['proto']} is already published by '{other.name}'")
-
-    def created(self, instance: Instance) -> None:
-        """The instance's files exist: write its hosts file and its peers' (best effort: names only)."""
-        name = network_of(instance)
-        if name is not None and instance.spec.get("net"):
-            self._refresh_hosts({name})
-
-    def _refresh_hosts(self, networks: set[str], also: frozenset[str] = frozenset()) -> None:
-        """Rewrite the hosts file of every instance on `networks` (and of the ids in `also`): each one lists
-        the instances that share a network with it."""
-        from virtkit.net.hosts import render
-
-        try:
-            leases = self.store.list_leases()
-            by_id = {i.id: i for i in self.store.list_instances()}
-            affected = {le.instance_id for le in leases if le.network in networks} | set(also)
-            for iid in affected:
-                inst = by_id.get(iid)
-                if inst is None:
-                    continue
-                mine = {le.network for le in leases if le.instance_id == iid}
-                names = []
-                for le in leases:
-                    peer = by_id.get(le.instance_id)
-                    if le.network in mine and peer is not None and le.instance_id != iid:
-                        names.append((le.address, peer.name))
-                        if peer.spec.get("hostname") and peer.spec["hostname"] != peer.name:
-                            names.append((le.address, peer.spec["hostname"]))
-                host = inst.spec.get("hostname") or inst.name
-                self.fabric.write_hosts(iid, render(host, (inst.spec.get("net") or {}).get("address"), names))
-        except Exception as exc:  # a stale hosts file is not worth failing a create or rm for
-            print(f"virtkitd: updating hosts files of {sorted(networks)} failed: {exc}", file=sys.stderr, flush=True)
-
-    def _release(self, instance: Instance, lease_only: bool = False) -> None:
-        with self._lock:
-            leases = self.store.list_leases(instance_id=instance.id)
-            if not leases and lease_only:
-                return
-            for le in leases:
-                self.fabric.remove_interface(self.fabric.veth_name(instance.id, le.network))
-            self.fabric.detach(instance.id, (instance.spec.get("net") or {}).get("veth"))
-            self.store.delete_leases(instance.id)
-            self._apply_rules()
-            self._refresh_hosts({le.network for le in leases})
-
-    def removed(self, instance: Instance) -> None:
-        if network_of(instance) is not None:
-            self._release(instance)
-
-    def starting(self, instance: Instance) -> None:
-        """Before a start: the namespace is still pinned (after a host reboot it is not: make it again, with
-        the same addresses and MACs, from the leases)."""
-        net_spec = instance.spec.get("net")
-        if not net_spec or "tap" in net_spec or self.fabric.is_pinned(instance.id):
-            return
-        with self._lock:
-            leases = {le.network: le for le in self.store.list_leases(instance_id=instance.id)}
-            for le in leases.values():
-                self.fabric.remove_interface(self.fabric.veth_name(instance.id, le.network))
-            self.fabric.detach(instance.id, None)
-            primary = self.get(net_spec["network"])
-            subnet = ipaddress.IPv4Network(primary.subnet)
-            self.fabric.attach(instance_id=instance.id, network=primary.name, index=primary.index,
-                               address=net_spec["address"], prefixlen=subnet.prefixlen,
-                               gateway=None if primary.isolated else primary.gateway, mac=net_spec["mac"])
-            for name, extra in (instance.spec.get("net_extra") or {}).items():
-                net = self.get(name)
-                self.fabric.add_interface(instance_id=instance.id, veth=extra["veth"], index=net.index,
-                                          address=extra["address"], mac=extra["mac"], ifname=extra["ifname"],
-                                          prefixlen=ipaddress.IPv4Network(net.subnet).prefixlen)
-            if instance.spec.get("rate"):
-                self.fabric.set_rate(instance.id, net_spec["veth"], int(instance.spec["rate"]))
-
-    # -- connect / disconnect a (running or stopped) instance -----------------------------------------
-    def connect(self, network: str, instance_name: str, ip: str | None = None) -> dict[str, Any]:
-        """One more interface (eth1, eth2 ...) on `network`, without a default route (that stays on eth0)."""
-        if ip is not None:
-            from virtkit.core.options import validate_network_options
-
-            ip = validate_network_options({"ip": ip})["ip"]
-        with self._lock:
-            inst = self.store.get_instance(instance_name)
-            net = self.get(network)
-            if not inst.spec.get("net") or "tap" in inst.spec["net"]:
-                raise InvalidState(f"instance '{inst.name}' has no namespace of virtkit's to connect "
-                                   "(--network none, or a VM)")
-            if any(le.network == net.name for le in self.store.list_leases(instance_id=inst.id)):
-                raise AlreadyExists(f"instance '{inst.name}' is already on network '{net.name}'")
-            extra = dict(inst.spec.get("net_extra") or {})
-            used = {"eth0"} | {e["ifname"] for e in extra.values()}
-            ifname = next(f"eth{i}" for i in range(1, 64) if f"eth{i}" not in used)
-            lease = self._allocate(net, inst, ip)
-            veth = self.fabric.veth_name(inst.id, net.name)
-            try:
-                self.fabric.add_interface(instance_id=inst.id, veth=veth, index=net.index, address=lease.address,
-                                          prefixlen=ipaddress.IPv4Network(net.subnet).prefixlen, mac=lease.mac,
-                                          ifname=ifname)
-                extra[net.name] = {"veth": veth, "ifname": ifname, "address": lease.address, "mac": lease.mac}
-                inst = self.store.update_instance(inst.id, spec={**inst.spec, "net_extra": extra})
-                self._apply_rules()
-            except BaseException:
-                self.fabric.remove_interface(veth)
-                self.store.delete_leases(inst.id, network=net.name)
-                self._apply_rules()
-                raise
-            self._refresh_hosts({net.name} | set(extra))
-            return {"network": net.name, "instance": inst.name, **extra[net.name]}
-
-    def disconnect(self, network: str, instance_name: str) -> None:
-        with self._lock:
-            inst = self.store.get_instance(instance_name)
-            net = self.get(network)
-            extra = dict(inst.spec.get("net_extra") or {})
-            if network_of(inst) == net.name:
-                raise InvalidArgument(f"network: '{net.name}' is the network instance '{inst.name}' was created "
-                                      "on; only networks added with `network connect` can be disconnected")
-            if net.name not in extra:
-                raise NotFound(f"instance '{inst.name}' is not connected to network '{net.name}'")
-            self.fabric.remove_interface(extra.pop(net.name)["veth"])
-            self.store.delete_leases(inst.id, network=net.name)
-            self.store.update_instance(inst.id, spec={**inst.spec, "net_extra": extra})
-            self._apply_rules()
-            self._refresh_hosts({net.name} | set(extra) | {network_of(inst) or ""}, also=frozenset({inst.id}))

@@ -1,5 +1,6 @@
 """The side effects of virtual networks for one home: bridges, per-instance namespaces and veths, nftables
-rules, hosts files. core.networks decides; this carries out. Every kernel object's name carries the home id."""
+rules, hosts files, host port reservations, the VM guests' name server. core.networks decides; this carries
+out. Every kernel object's name carries the home id."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import os
 from typing import Any
 
 from virtkit.config import Home
-from virtkit.net import hosts, links, netns, nft
+from virtkit.net import dns, hosts, links, netns, nft
+from virtkit.net.ports import PortReservations
 
 
 class NetFabric:
@@ -18,6 +20,8 @@ class NetFabric:
         self.hid = home.id[:6]
         self.netns_dir = os.path.join(home.root, "netns")
         self.table = f"virtkit_{home.id}"
+        self.ports = PortReservations()
+        self._names: dns.NameServer | None = None
 
     # -- names ----------------------------------------------------------------------------------------
     def bridge_name(self, index: int) -> str:
@@ -66,11 +70,18 @@ class NetFabric:
         links.attach_tap(name=tap, bridge=self.bridge_name(index))
         return {"tap": tap, "veth": tap}
 
+    def ensure_netns(self, instance_id: str) -> dict[str, Any]:
+        """A namespace with loopback only (an instance whose every network was disconnected)."""
+        path = self.netns_path(instance_id)
+        netns.create(path, links.lo_up)
+        return {"netns": path}
+
     def add_interface(self, *, instance_id: str, veth: str, index: int, address: str, prefixlen: int, mac: str,
-                      ifname: str) -> None:
-        """One more veth into the instance's existing namespace (network connect); no default route."""
+                      ifname: str, gateway: str | None = None) -> None:
+        """One more veth into the instance's existing namespace (network connect); a default route only when
+        `gateway` is given (the instance had no network left)."""
         links.attach_veth(host_name=veth, bridge=self.bridge_name(index), netns_path=self.netns_path(instance_id),
-                          address=address, prefixlen=prefixlen, gateway=None, mac=mac, ifname=ifname)
+                          address=address, prefixlen=prefixlen, gateway=gateway, mac=mac, ifname=ifname)
 
     def remove_interface(self, veth: str) -> None:
         links.delete_link(veth)
@@ -90,6 +101,35 @@ class NetFabric:
         path = os.path.join(self.home.instance_dir(instance_id), "hosts")
         if os.path.isdir(os.path.dirname(path)):
             hosts.write_in_place(path, content)
+
+    # -- host ports (net.ports) ----------------------------------------------------------------------
+    def probe_ports(self, ports: list[dict[str, Any]]) -> None:
+        self.ports.probe(ports)
+
+    def reserve_ports(self, instance_id: str, ports: list[dict[str, Any]]) -> None:
+        self.ports.reserve(instance_id, ports)
+
+    def release_ports(self, instance_id: str) -> None:
+        self.ports.release(instance_id)
+
+    def port_holders(self) -> set[str]:
+        return self.ports.holders()
+
+    # -- names for VM guests (net.dns) ----------------------------------------------------------------
+    def serve_names(self, zones: dict[str, dns.Zone]) -> list[str]:
+        """Answer these zones on their gateway addresses; returns the addresses that could not be served."""
+        if self._names is None:
+            if not zones:
+                return []
+            self._names = dns.NameServer()
+        return self._names.update(zones)
+
+    def close(self) -> None:
+        """virtkitd stops: let go of host ports and the name server (the next start takes them again)."""
+        self.ports.release_all()
+        if self._names is not None:
+            self._names.close()
+            self._names = None
 
     # -- leak checks ----------------------------------------------------------------------------------
     def leftovers(self) -> list[str]:

@@ -1,9 +1,10 @@
 """The managed /etc/hosts and /etc/resolv.conf of an instance.
 
 Names resolve through a hosts file per instance that virtkit rewrites whenever a peer joins or leaves the
-network: no resolver process per network to start, supervise and clean up, nothing listening on the
-bridge, and busybox's and glibc's resolvers both read it. The file is rewritten in place (same inode),
-because the instance sees it through a bind mount of that inode.
+network: no resolver process per network to start, supervise and clean up, names that keep resolving while
+virtkitd is down, and busybox's and glibc's resolvers both read it. (A VM's guest has no file of ours to
+rewrite: it asks virtkitd's name server, net.dns, fed from the same membership.) The file is rewritten in
+place (same inode), because the instance sees it through a bind mount of that inode.
 """
 
 from __future__ import annotations
