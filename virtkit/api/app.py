@@ -89,6 +89,8 @@ def create_app(ctx: Context) -> FastAPI:
             return svc.pause(name).to_dict()
         if action == "resume":
             return svc.resume(name).to_dict()
+        if action == "update":
+            return svc.update(name, body).to_dict()
         raise InvalidArgument(f"unknown action {action!r}")
 
     @app.delete("/v1/instances/{name}")

@@ -59,12 +59,20 @@ class Context:
         from virtkit.core.networks import NetworkService
         from virtkit.net.fabric import NetFabric
 
-        self.networks = NetworkService(self.store, NetFabric(home))
+        self.networks = NetworkService(self.store, NetFabric(home), live=self._live)
         self.instances.hooks.append(self.networks)
         try:
             self.networks.setup()
         except VirtkitError as exc:  # e.g. no nft: the daemon still serves, --network none still works
             print(f"virtkitd: virtual networks unavailable: {exc.message}", file=sys.stderr, flush=True)
+
+    def _live(self, inst: Any) -> bool:
+        """Whether the instance runs now, as its driver sees it (a stored "running" may have exited since)."""
+        try:
+            return self.instances.reconcile(self.store.get_instance(inst.id)).state in (
+                InstanceState.RUNNING, InstanceState.PAUSED)
+        except NotFound:
+            return False
 
     def request_shutdown(self) -> None:
         from virtkit.container.supervisor import call
@@ -98,9 +106,11 @@ class Context:
     # -- logs -----------------------------------------------------------------------------------------
     def follow_log(self, name: str, follow: bool, held: bool = False, tail: int | None = None,
                    streams: tuple[int, ...] = (FRAME_STDOUT, FRAME_STDERR),
-                   cancelled: Callable[[], bool] | None = None) -> Iterator[bytes]:
+                   cancelled: Callable[[], bool] | None = None, raw: bool = False) -> Iterator[bytes]:
         """Frames of the log's records (kind 1 stdout, 2 stderr), only `streams`, from the last `tail` lines if
         given; when following, until the instance stops, then an exit frame (kind 3, JSON).
+        `raw`: the log's bytes as they come, all as stdout, unfiltered and not held back to a line's end (a VM's
+        console session: a prompt has no newline, and the terminal showing it wants the guest's \r\n).
 
         The instance is held (not auto-removed) while read; `held` says the caller took that hold already.
         `cancelled` is asked while waiting for more: True ends the stream (its reader has gone).
@@ -114,11 +124,11 @@ class Context:
                 start = os.path.getsize(self.instances.log_path(inst.id))
             except FileNotFoundError:
                 start = 0
-        return self._follow(inst.id, follow, held, tail, streams, cancelled, start)
+        return self._follow(inst.id, follow, held, tail, streams, cancelled, start, raw)
 
     def _follow(self, instance_id: str, follow: bool, held: bool, tail: int | None, streams: tuple[int, ...],
-                cancelled: Callable[[], bool] | None, start: int | None) -> Iterator[bytes]:
-        from virtkit.core.logs import LineTail
+                cancelled: Callable[[], bool] | None, start: int | None, raw: bool = False) -> Iterator[bytes]:
+        from virtkit.core.logs import LineTail, SingleStreamDecoder
 
         svc = self.instances
         inst = svc.get(instance_id)
@@ -126,7 +136,7 @@ class Context:
         if not held:
             svc.hold(inst.id)
         watch = svc.watch(inst.id)
-        decoder = svc.log_decoder(inst.id)
+        decoder = SingleStreamDecoder() if raw else svc.log_decoder(inst.id)
 
         def frames(records: list[tuple[int, bytes]]) -> Iterator[bytes]:
             for stream, data in records:
@@ -137,7 +147,9 @@ class Context:
         try:
             f = _open_log(path)
             if start is not None:
-                if f and start:
+                if f and start and raw:
+                    f.seek(start)
+                elif f and start:
                     f.seek(start - 1)
                     if f.read(1) != b"\n":     # a record was being written just then: begin after it
                         f.readline()

@@ -38,6 +38,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel, "engine": a.engine,
         "kernel": os.path.abspath(a.kernel) if a.kernel else None, "kernel_format": a.kernel_format,
         "memory_swappiness": a.memory_swappiness, "oom_kill_disable": a.oom_kill_disable or None,
+        "cpu_weight": a.cpu_weight, "cpuset_cpus": a.cpuset_cpus,
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:
@@ -55,6 +56,10 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         print(f"virtkit: instance ended without an exit code ({status.get('reason')})", file=sys.stderr)
         return 125
     return int(code)
+
+
+def cmd_update(c: Client, a: argparse.Namespace) -> int:
+    return each(a.names, lambda n: c.update(n, cpu_weight=a.cpu_weight, cpus=a.cpus, cpuset_cpus=a.cpuset_cpus))
 
 
 def cmd_list(c: Client, a: argparse.Namespace) -> int:
@@ -105,6 +110,15 @@ def cmd_attach(c: Client, a: argparse.Namespace) -> int:
     status = attach(c, a.name, stdin=not a.no_stdin)
     code = status.get("exit_code")
     return 125 if code is None else int(code)
+
+
+def cmd_console(c: Client, a: argparse.Namespace) -> int:
+    """Until the VM stops (its exit code) or the user detaches with Ctrl-] (0), as `virsh console`."""
+    from virtkit.cli.terminal import console
+
+    status = console(c, a.name, stdin=not a.no_stdin, logs=a.logs)
+    code = status.get("exit_code")
+    return 0 if status.get("reason") == "detached" or code is None else int(code)
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:

@@ -130,6 +130,18 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
         return attach_session(self.socket_path, name, start=False, stdin=stdin, on_stdout=output,
                               on_stderr=error_output or output, on_session=on_session, logs=logs)
 
+    def console(self, name: str, output: Callable[[bytes], None] | None = None, *,
+                stdin: Iterator[bytes] | None = None, logs: bool = False,
+                on_session: Callable[[Any], None] | None = None,
+                detached: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """A VM's serial console: its output raw as it comes (only what comes next, or with logs=True the whole
+        log), `stdin`'s chunks to the console's input; until the VM stops or the caller leaves (closing the session
+        `on_session` gave it, once `detached()` is true). Returns the exit status, or reason "detached"."""
+        from virtkit.client.attach import attach_session
+
+        return attach_session(self.socket_path, name, start=False, stdin=stdin, on_stdout=output, on_stderr=output,
+                              on_session=on_session, logs=logs, console=True, detached=detached)
+
     @staticmethod
     def _read_frames(chunks: Iterator[bytes], output: Callable[[bytes], None] | None,
                      error_output: Callable[[bytes], None] | None = None) -> dict[str, Any]:
@@ -160,6 +172,12 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
 
     def resume(self, name: str) -> dict[str, Any]:
         return self._act(name, "resume")
+
+    def update(self, name: str, *, cpu_weight: int | None = None, cpus: float | None = None,
+               cpuset_cpus: str | None = None) -> dict[str, Any]:
+        """Change CPU weight, cap (cpus=0: none) or pinning (cpuset_cpus="": none), live when it runs."""
+        changes = {"cpu_weight": cpu_weight, "cpus": cpus, "cpuset_cpus": cpuset_cpus}
+        return self._act(name, "update", {k: v for k, v in changes.items() if v is not None})
 
     def _act(self, name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.t.request("POST", path_of("v1", "instances", name, action), body or {})  # type: ignore[no-any-return]

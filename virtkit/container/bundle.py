@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 OVERLAY_ANNOTATION = "org.virtkit.rootfs.overlay"
-CPU_PERIOD = 100_000
 
 
 def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
@@ -20,10 +19,19 @@ def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def resources(spec: dict[str, Any]) -> dict[str, Any]:
+def resources(spec: dict[str, Any], cgroup_version: int | None = None) -> dict[str, Any]:
+    """linux.resources from the instance spec; the CPU part (weight, cap, pinning) as sched.cpushare decides it
+    for this host's cgroup version (on v2 the weight goes as linux.resources.unified, see CpuSettings.oci)."""
+    from virtkit.sched.cpushare import CpuRequest, plan
+
     res: dict[str, Any] = {}
-    if spec.get("cpus"):
-        res["cpu"] = {"quota": int(round(spec["cpus"] * CPU_PERIOD)), "period": CPU_PERIOD}
+    cpu = plan(CpuRequest.from_spec(spec), None)
+    if cpu.weight is not None or cpu.quota_us is not None or cpu.cpus is not None:
+        if cgroup_version is None:
+            from virtkit.container.cgroups import detect_version
+
+            cgroup_version = detect_version()
+        res.update(cpu.oci(cgroup_version))
     memory: dict[str, Any] = {}
     if spec.get("memory"):
         # swap equal to the limit means no swap on top of it (Docker's --memory-swap default is 2x; we keep it strict)

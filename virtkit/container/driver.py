@@ -230,6 +230,36 @@ class ContainerDriver:
         self._forget_runtime_state(instance)
         shutil.rmtree(self._dir(instance), ignore_errors=True)
 
+    def update_cpu(self, instance: Instance, live: bool) -> None:
+        """`virtkit update`: the new weight, cap and pinning into the bundle (for the next start) and, when `live`,
+        into the running container's cgroup (as `docker update` does; there is no runtime verb in between)."""
+        from virtkit.container.cgroups import detect_version, manager_for
+        from virtkit.container.supervisor import write_atomic
+        from virtkit.core.options import online_cpus
+        from virtkit.sched.cpushare import CpuRequest, plan
+
+        request = CpuRequest.from_spec(instance.spec)
+        version = detect_version()
+        path = os.path.join(self._dir(instance), "bundle", "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        res = config.setdefault("linux", {}).setdefault("resources", {})
+        cpu = {k: v for k, v in (res.get("cpu") or {}).items() if k not in ("shares", "quota", "period", "cpus")}
+        unified = {k: v for k, v in (res.get("unified") or {}).items() if k != "cpu.weight"}
+        new = plan(request, None).oci(version)
+        cpu.update(new.get("cpu") or {})
+        unified.update(new.get("unified") or {})
+        for key, value in (("cpu", cpu), ("unified", unified)):
+            if value:
+                res[key] = value
+            else:
+                res.pop(key, None)
+        if live:
+            cg = manager_for(self.cgroup_path(instance))
+            if cg.exists():
+                cg.write_controls(plan(request, online_cpus(), reset=True).controls(version))
+        write_atomic(path, config)
+
     # -- the writable layer: snapshots, restore, publish -----------------------------------------------
     def upper_dir(self, instance: Instance) -> str:
         return os.path.join(self._dir(instance), "upper")

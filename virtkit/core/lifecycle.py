@@ -19,6 +19,7 @@ ALLOWED: dict[str, frozenset[InstanceState]] = {
     "rm": frozenset({S.CREATED, S.STOPPED}),
     "stats": frozenset({S.RUNNING, S.PAUSED}),
     "attach": frozenset({S.RUNNING, S.PAUSED}),
+    "update": frozenset({S.CREATED, S.RUNNING, S.PAUSED, S.STOPPED}),
 }
 
 

@@ -19,6 +19,7 @@ MAX_PIDS = 4194304
 VM_ENGINES = ("qemu", "native")
 KERNEL_FORMATS = ("auto", "bzimage", "elf", "flat")
 KVM_DEVICE = "/dev/kvm"
+ONLINE_CPUS = "/sys/devices/system/cpu/online"
 
 
 def parse_size(value: str | int, field: str) -> int:
@@ -70,6 +71,7 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
 
     if req.get("cpus") is not None:
         spec["cpus"] = _bounded(req, "cpus", float, "a number", 0.01, MAX_CPUS)
+    spec.update(_cpu_sharing(req))
     if req.get("memory") is not None:
         mem = parse_size(req["memory"], "memory")
         if not MIN_MEMORY <= mem <= MAX_MEMORY:
@@ -107,6 +109,63 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
                 raise InvalidArgument(f"{key}: only for VMs (--vm)")
     spec.update(validate_network_options(req))
     return spec
+
+
+def online_cpus() -> frozenset[int]:
+    """The host's online CPUs (what a pinning may name), read each time: CPUs can be hot-plugged."""
+    from virtkit.sched.cpushare import parse_cpu_list
+
+    try:
+        with open(ONLINE_CPUS) as f:
+            return parse_cpu_list(f.read(), ONLINE_CPUS)
+    except OSError:
+        return frozenset(range(os.cpu_count() or 1))
+
+
+def _cpu_sharing(req: dict[str, Any]) -> dict[str, Any]:
+    """--cpu-weight (1..10000, the cgroup v2 scale) and --cpuset-cpus (CPUs that must be online here).
+
+    The cap is --cpus, checked above; virtkit.sched.cpushare turns all three into cgroup settings.
+    """
+    from virtkit.sched import cpushare
+
+    out: dict[str, Any] = {}
+    if req.get("cpu_weight") is not None:
+        out["cpu_weight"] = cpushare.validate_weight(req["cpu_weight"])
+    if req.get("cpuset_cpus") is not None:
+        out["cpuset_cpus"] = cpushare.validate_cpuset(req["cpuset_cpus"], online_cpus())
+    return out
+
+
+CPU_UPDATE_KEYS = ("cpu_weight", "cpus", "cpuset_cpus")
+
+
+def validate_cpu_update(spec: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The instance spec after `virtkit update`: a new weight, cap or pinning (cpus 0 removes the cap,
+    cpuset_cpus "" the pinning). Returns a new dict; `spec` is left as it is."""
+    from virtkit.sched import cpushare
+
+    given = {k: v for k, v in changes.items() if v is not None}
+    unknown = sorted(set(given) - set(CPU_UPDATE_KEYS))
+    if unknown:
+        raise InvalidArgument(f"{unknown[0]}: cannot be changed on an existing instance "
+                              f"(update changes {', '.join(CPU_UPDATE_KEYS)})")
+    if not given:
+        raise InvalidArgument(f"update: nothing to change (give one of {', '.join(CPU_UPDATE_KEYS)})")
+    out = dict(spec)
+    if "cpu_weight" in given:
+        out["cpu_weight"] = cpushare.validate_weight(given["cpu_weight"])
+    if "cpus" in given:
+        if not isinstance(given["cpus"], bool) and given["cpus"] in (0, "0"):
+            out.pop("cpus", None)
+        else:
+            out["cpus"] = _bounded(given, "cpus", float, "a number", 0.01, MAX_CPUS)
+    if "cpuset_cpus" in given:
+        if given["cpuset_cpus"] == "":
+            out.pop("cpuset_cpus", None)
+        else:
+            out["cpuset_cpus"] = cpushare.validate_cpuset(given["cpuset_cpus"], online_cpus())
+    return out
 
 
 def _memory_tuning(req: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -217,12 +276,15 @@ def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:
     ports = [parse_port(p) for p in req.get("ports") or []]
     if ports and network == "none":
         raise InvalidArgument("ports: publishing a port needs a network (not --network none)")
-    seen = set()
-    for p in ports:
-        key = (p["host_ip"], p["host_port"], p["proto"])
-        if key in seen:
-            raise InvalidArgument(f"ports: host port {p['host_port']}/{p['proto']} is given twice")
-        seen.add(key)
+    from virtkit.core.network_model import ports_overlap
+
+    for i, p in enumerate(ports):
+        # one host socket each: 8080:80 (every address) and 127.0.0.1:8080:81 want the same one
+        twin = next((q for q in ports[:i] if ports_overlap(p, q)), None)
+        if twin is not None:
+            where = {f"{x['host_ip'] or '0.0.0.0'}:{x['host_port']}" for x in (twin, p)}
+            raise InvalidArgument(f"ports: host port {p['host_port']}/{p['proto']} is given twice "
+                                  f"({' and '.join(sorted(where))})")
     out["ports"] = ports
     out["rate"] = None
     if req.get("rate") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 from virtkit.core import lifecycle
 from virtkit.core.driver import InstanceDriver
-from virtkit.core.errors import InvalidArgument, NotFound, VirtkitError
+from virtkit.core.errors import InvalidArgument, NotFound, Unsupported, VirtkitError
 from virtkit.core.models import Instance, InstanceState
 from virtkit.core.names import generate_name
 from virtkit.core.options import validate_create
@@ -29,7 +30,8 @@ class InstanceService:
         self._held: dict[str, int] = {}     # instance id -> attached readers; auto-remove waits for them
         # Services with a stake in an instance's life (volumes, snapshots). Each may have
         # prepare(inst) -> undo | None (before the driver creates it), created(inst) (after; must not
-        # raise), starting(inst), removed(inst).
+        # raise), starting(inst), stopped(inst) (it stopped, or its start failed; must not raise),
+        # removed(inst).
         self.hooks: list[Any] = []
         self._quiescing: set[str] = set()   # frozen by us for a copy: not a user's pause
 
@@ -95,9 +97,19 @@ class InstanceService:
                 exit_reason=status.reason if status else "unknown (exit not recorded)",
                 finished_at=status.finished_at if status else time.time(),
             )
+        self._stopped(updated)
         if updated.spec.get("auto_remove") and inst.id not in self._held:
             self._remove(updated)
         return updated
+
+    def _stopped(self, inst: Instance) -> None:
+        """Tell the hooks (networks: host ports are free again); their failure must not undo the stop."""
+        for hook in self.hooks:
+            if hasattr(hook, "stopped"):
+                try:
+                    hook.stopped(inst)
+                except Exception as exc:
+                    print(f"virtkitd: after '{inst.name}' stopped: {exc}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _late_exit_status(drv: InstanceDriver, inst: Instance) -> Any:
@@ -161,10 +173,14 @@ class InstanceService:
     def start(self, name: str) -> Instance:
         inst = self.get(name)
         lifecycle.require(inst, "start")
-        for hook in self.hooks:
-            if hasattr(hook, "starting"):
-                hook.starting(inst)
-        pid = self.driver(inst).start(inst)
+        try:
+            for hook in self.hooks:
+                if hasattr(hook, "starting"):
+                    hook.starting(inst)
+            pid = self.driver(inst).start(inst)
+        except BaseException:
+            self._stopped(inst)         # what the hooks took for the run (host ports) is let go
+            raise
         return self.store.update_instance(
             inst.id, state=S.RUNNING.value, pid=pid, started_at=time.time(),
             finished_at=None, exit_code=None, exit_reason=None,
@@ -222,6 +238,21 @@ class InstanceService:
         self.driver(inst).resume(inst)
         return self.store.update_instance(inst.id, state=S.RUNNING.value)
 
+    def update(self, name: str, changes: dict[str, Any]) -> Instance:
+        """Change an instance's CPU weight, cap or pinning; a running one gets them at once, any at its next start."""
+        import dataclasses
+
+        from virtkit.core.options import validate_cpu_update
+
+        inst = self.get(name)
+        lifecycle.require(inst, "update")
+        spec = validate_cpu_update(inst.spec, changes)
+        drv: Any = self.driver(inst)
+        if not hasattr(drv, "update_cpu"):
+            raise Unsupported(f"update: {inst.type} instances cannot change their CPU settings")
+        drv.update_cpu(dataclasses.replace(inst, spec=spec), inst.state in (S.RUNNING, S.PAUSED))
+        return self.store.update_instance(inst.id, spec=spec)
+
     # -- remove ---------------------------------------------------------------------------------------
     def remove(self, name: str, force: bool = False) -> None:
         inst = self.get(name)
@@ -249,6 +280,16 @@ class InstanceService:
         inst = self.get(name)
         lifecycle.require(inst, "exec")
         return self.driver(inst).exec_argv(inst, command, tty=tty, env=env or [], console_socket=console_socket)
+
+    def open_console(self, name: str) -> int:
+        """A file descriptor onto the running VM's serial console input (its output is the instance's log)."""
+        inst = self.get(name)
+        lifecycle.require(inst, "attach")
+        drv: Any = self.driver(inst)
+        if not hasattr(drv, "open_console"):
+            raise InvalidArgument(f"console: {inst.type} instances have no serial console (use `virtkit attach "
+                                  f"{inst.name}` or `virtkit exec -it {inst.name} sh`)")
+        return int(drv.open_console(inst))
 
     def open_stdin(self, name: str) -> int:
         """A file descriptor onto the running instance's stdin (or terminal); it must have been made with -i/-t."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from virtkit.config import Home
 from virtkit.core.driver import ExitStatus
-from virtkit.core.errors import InvalidArgument
+from virtkit.core.errors import InvalidArgument, Unsupported
 from virtkit.core.models import Instance
 from virtkit.vm.process import VmProcessDriver
 
@@ -80,6 +80,13 @@ class VmEngines:
                   console_socket: str | None = None) -> list[str]:
         return self.engine(instance).exec_argv(instance, command, tty=tty, env=env, console_socket=console_socket)
 
+    def open_console(self, instance: Instance) -> int:
+        engine = self.engine(instance)
+        if not hasattr(engine, "open_console"):
+            raise Unsupported(f"console: the {instance.spec.get('engine')} engine's serial console takes no input; "
+                              f"`virtkit logs -f {instance.name}` shows its output")
+        return int(engine.open_console(instance))
+
     def snapshot(self, instance: Instance, dest: str) -> int:
         return self.engine(instance).snapshot(instance, dest)
 
@@ -88,3 +95,6 @@ class VmEngines:
 
     def export_changes(self, instance: Instance, tar_path: str) -> None:
         self.engine(instance).export_changes(instance, tar_path)
+
+    def update_cpu(self, instance: Instance, live: bool) -> None:
+        self.engine(instance).update_cpu(instance, live)

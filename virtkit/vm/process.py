@@ -184,6 +184,8 @@ class VmProcessDriver:
             params.append(f"virtkit.ip={net['address']}/{net['prefixlen']}")
             if net.get("gateway"):
                 params.append(f"virtkit.gw={net['gateway']}")
+            if net.get("dns"):          # virtkitd's name server for the network (net.dns): peers' names
+                params.append(f"virtkit.dns={net['dns']}")
         return {"vcpus": vcpus, "memory_mib": mem >> 20, "params": params,
                 "net": {"tap": net["tap"], "mac": net["mac"]} if net and net.get("tap") else None}
 
@@ -240,8 +242,40 @@ class VmProcessDriver:
         except FileNotFoundError:
             pass
         offset = self._console_offset(instance)
-        with open(self._file(instance, "run.json"), "w") as f:
-            json.dump({"argv": argv, "console_offset": offset, "started_at": time.time()}, f)
+        cg = self._start_cgroup(instance)
+        run: dict[str, Any] = {"argv": argv, "console_offset": offset, "started_at": time.time()}
+        if cg is not None:
+            # the waiter's child joins before it execs (every thread of the VM's process is born inside), and
+            # the waiter removes the cgroup once the process is reaped
+            run["cgroup"] = {"join": cg.join_files(), "remove": cg.dirs()}
+        try:
+            with open(self._file(instance, "run.json"), "w") as f:
+                json.dump(run, f)
+            return self._launch(instance)
+        except BaseException:
+            if cg is not None and self._process_pid(instance) is None:
+                try:
+                    cg.remove(timeout=1.0)
+                except VirtkitError:
+                    pass
+            raise
+
+    def _start_cgroup(self, instance: Instance) -> Any:
+        """The VM's CPU cgroup with its weight, cap and pinning (see virtkit.vm.cgroup); None if it runs without."""
+        from virtkit.sched.cpushare import CpuRequest, plan
+        from virtkit.vm.cgroup import start_cgroup
+
+        return start_cgroup(self.home, instance.id, plan(CpuRequest.from_spec(instance.spec or {}), None))
+
+    def update_cpu(self, instance: Instance, live: bool) -> None:
+        """`virtkit update`: the spec (read at every start) holds the new values; a running VM gets them now."""
+        if live and self._process_pid(instance) is not None:
+            from virtkit.vm.cgroup import update_running
+
+            update_running(self.home, instance)
+
+    def _launch(self, instance: Instance) -> int:
+        """Start the waiter (detached) and wait until the VM's process answers."""
         # setsid -f: the waiter is not virtkitd's child (nothing to reap here) and has its own session
         subprocess.run(["setsid", "-f", sys.executable, "-m", "virtkit.vm.qemu.waiter", self.vm_dir(instance)],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -385,6 +419,9 @@ class VmProcessDriver:
             os.unlink(self.control_socket(instance))
         except FileNotFoundError:
             pass
+        from virtkit.vm.cgroup import remove_quietly
+
+        remove_quietly(self.home, instance)
         shutil.rmtree(self.vm_dir(instance), ignore_errors=True)
 
     # -- figures --------------------------------------------------------------------------------------

@@ -24,15 +24,19 @@ def detect_version(root: str = "/sys/fs/cgroup") -> int:
     return version
 
 
-def manager_for(path: str, *, root: str = "/sys/fs/cgroup", version: int | None = None) -> CgroupManager:
-    """The manager for OCI linux.cgroupsPath `path` (absolute or relative to the hierarchy root)."""
+def manager_for(path: str, *, root: str = "/sys/fs/cgroup", version: int | None = None,
+                controllers: tuple[str, ...] | None = None) -> CgroupManager:
+    """The manager for OCI linux.cgroupsPath `path` (absolute or relative to the hierarchy root).
+
+    controllers: on v1, only these hierarchies (default: every one a container joins); v2 has one tree.
+    """
     normalize_path(path)
     if version is None:
         version = detect_version(root)
     if version == 1:
         from virtkit.container.cgroups.v1 import V1Manager
 
-        return V1Manager(path, root)
+        return V1Manager(path, root, controllers)
     if version == 2:
         from virtkit.container.cgroups.v2 import V2Manager
 

@@ -33,6 +33,7 @@ class ResourcePlan:
     pids_limit: int | None
     blkio_weight: int | None
     devices: list[dict]
+    unified: dict[str, str]
 
     def __init__(self) -> None:
         self.cpu_shares = self.cpu_quota = self.cpu_period = None
@@ -42,6 +43,7 @@ class ResourcePlan:
         self.disable_oom_killer = None
         self.pids_limit = self.blkio_weight = None
         self.devices = []
+        self.unified = {}
 
 
 def _int(section: dict, key: str, name: str) -> int | None:
@@ -143,8 +145,32 @@ def validate_resources(resources: dict | None) -> ResourcePlan:
         raise InvalidArgument(f"{F}.blockIO.weight: must be 10..1000 (got {weight})")
     plan.blkio_weight = weight
 
+    plan.unified = _unified(resources.get("unified"))
     plan.devices = _devices.effective_rules(resources.get("devices"))
     return plan
+
+
+def _unified(value: object) -> dict[str, str]:
+    """OCI linux.resources.unified: cgroup v2 file -> value, written as given (v2 only).
+
+    Only controller files ("cpu.weight", "memory.high"): the cgroup core's own files (cgroup.procs,
+    cgroup.subtree_control, ...) are how the runtime manages the tree and not the user's to set.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{F}.unified: must be an object of file names to values (got {type(value).__name__})")
+    import re  # only for linux.resources.unified, which few configs carry
+
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not re.match(r"^[a-z][a-z0-9_]*\.[a-z0-9_.]+$", key) \
+                or key.startswith("cgroup."):
+            raise InvalidArgument(f"{F}.unified: {key!r} is not a cgroup v2 controller file name")
+        if not isinstance(val, str):
+            raise InvalidArgument(f"{F}.unified.{key}: must be a string (got {val!r})")
+        out[key] = val
+    return out
 
 
 def shares_to_weight(shares: int) -> int:

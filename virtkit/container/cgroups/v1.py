@@ -51,9 +51,14 @@ def _discover(root: str) -> tuple[dict[str, str], list[str]]:
 class V1Manager(CgroupManager):
     version = 1
 
-    def __init__(self, path: str, root: str) -> None:
+    def __init__(self, path: str, root: str, controllers: tuple[str, ...] | None = None) -> None:
         super().__init__(path, root)
         self._hierarchies, self._trees = _discover(self.root)
+        if controllers is not None:
+            # a VM's process needs only some hierarchies (cpu, cpuacct, cpuset), not a container's nine
+            self._hierarchies = {c: b for c, b in self._hierarchies.items() if c in controllers}
+            reals = {os.path.realpath(b) for b in self._hierarchies.values()}
+            self._trees = [t for t in self._trees if os.path.realpath(t) in reals]
 
     def v1_paths(self) -> dict[str, str]:
         return {ctrl: base + self.path for ctrl, base in self._hierarchies.items()}
@@ -107,10 +112,17 @@ class V1Manager(CgroupManager):
             raise Unsupported(f"{what}: cgroup v1 has no {filename} here (controller {ctrl!r} missing?)")
         return path
 
+    def _control_path(self, name: str, field: str) -> str:
+        return self._need(name.split(".", 1)[0], name, field)
+
     def apply(self, resources: dict | None) -> None:
         from virtkit.container import devices as _devices
 
         plan = validate_resources(resources)
+        if plan.unified:
+            # as runc: the files named are v2 files, and guessing v1 equivalents would mislead
+            raise Unsupported(f"{F}.unified: is for cgroup v2 hosts only ({', '.join(sorted(plan.unified))} "
+                              "given); this host runs cgroup v1")
         writes: list[tuple[str, str | int, str | None]] = []
         if plan.cpu_shares is not None:
             writes.append((self._need("cpu", "cpu.shares", f"{F}.cpu.shares"), plan.cpu_shares, f"{F}.cpu.shares"))

@@ -115,6 +115,9 @@ class V2Manager(CgroupManager):
                 add("io.weight", f"default {plan.blkio_weight}", f"{F}.blockIO.weight")
             else:
                 add("io.bfq.weight", plan.blkio_weight, f"{F}.blockIO.weight")
+        for filename, text in plan.unified.items():
+            # last: a unified value wins over the same setting given the OCI way (crun does the same)
+            add(filename, text, f"{F}.unified.{filename}")
         for path, value, field in writes:
             write_file(path, value, field=field)
         self._attach_devices(plan.devices)

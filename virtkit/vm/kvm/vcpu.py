@@ -29,6 +29,15 @@ class Stop:
         self.message = message
 
 
+def _name_thread(name: str) -> None:
+    """The kernel's name of this thread (/proc/PID/task/TID/comm), so vCPU threads can be found and pinned."""
+    try:
+        libc = C.CDLL(None, use_errno=True)
+        libc.prctl(15, C.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def install_kick_handler() -> None:
     """A no-op handler for the kick signal (its default would end the process); needs the main thread."""
     if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None):
@@ -115,6 +124,7 @@ class VcpuThread:
     # -- the loop (its own thread) --------------------------------------------------------------------------
     def _loop(self) -> None:
         self._clock_id = time.pthread_getcpuclockid(threading.get_ident())
+        _name_thread(f"vcpu{self.vcpu.index}")
         run = self.vcpu.run_struct
         try:
             while True:

@@ -34,7 +34,10 @@ async def _session(socket_path: str, commands: list[tuple[str, dict[str, Any] | 
         await asyncio.wait_for(client.connect(socket_path), TIMEOUT)
         return [await asyncio.wait_for(client.execute(cmd, args), TIMEOUT) for cmd, args in commands]
     finally:
-        await client.disconnect()
+        try:
+            await client.disconnect()
+        except (EOFError, OSError):
+            pass  # QEMU went away mid-session (it exited): what was asked has its own result or error
 
 
 def execute(socket_path: str, command: str, args: dict[str, Any] | None = None) -> Any:
@@ -43,7 +46,7 @@ def execute(socket_path: str, command: str, args: dict[str, Any] | None = None) 
 
     try:
         return _run(_session(socket_path, [(command, args)]))[0]
-    except (TimeoutError, QMPError, OSError) as exc:
+    except (TimeoutError, QMPError, OSError, EOFError) as exc:
         raise SystemFailure(f"QMP {command} on {socket_path}: {exc or type(exc).__name__}") from exc
 
 
