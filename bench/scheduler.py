@@ -11,8 +11,10 @@ Parts:
   static   N requests on an unlimited pool of 64 vCPU / 256 GiB hosts (hetero: a mixed pool, capacity used
            in 64/256 host-equivalents): hosts used / volume lower bound, online (file order) and batch;
            on ~200 requests also the optimum of an exact MIP (HiGHS, time-capped) where it proves one.
-  dynamic  14 simulated days of arrivals and departures on a fixed pool (lower bound + 10%): rejections,
-           stranded vCPU / GiB, empty hosts; and the smallest pool that runs the whole trace with no rejection.
+  dynamic  14 simulated days of arrivals and departures on a fixed pool (lower bound + 10%, and lower bound):
+           rejections, stranded vCPU / GiB, empty hosts; and the smallest pool that runs the whole trace with
+           no rejection.
+  extra    the static part and the dynamic rejections at the lower bound again on more seeds (validation).
   latency  per-decision p50 / p99 at 1,000 and 10,000 hosts filled to ~75% with the Azure mix.
 Results: bench/results/scheduler.json, scheduler.md, scheduler_*.png.
 """
@@ -36,11 +38,14 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, BENCH):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from scheduler_report import goals, plots, write_md  # noqa: E402
 
 from virtkit.sched import Host, Request, Scheduler  # noqa: E402
-from virtkit.sched.policies import POLICIES, make_policy  # noqa: E402
+from virtkit.sched.policies import POLICIES, Virtkit, make_policy  # noqa: E402
 from virtkit.sched.replay import replay  # noqa: E402
 
 RESULTS = BENCH / "results"
@@ -296,10 +301,13 @@ def run_latency(args: tuple[int, list[str], int, int]) -> list[dict[str, Any]]:
     gc.collect()
     gc.freeze()
     out: list[dict[str, Any]] = []
-    for p in [*policies, "virtkit"]:
-        if len(out) == len(policies):  # the default policy once more, without the freeze, for the record
+    # the pool was loaded without decisions, so virtkit sees no churn and aligns; its other mode, the one a
+    # replay with departures runs in, is measured too
+    runs: list[tuple[str, Any]] = [(p, p) for p in policies] + [("virtkit (consolidating)", 1.0)]
+    for p, how in [*runs, ("virtkit", "virtkit")]:
+        if len(out) == len(runs):  # the default policy once more, without the freeze, for the record
             gc.unfreeze()
-        s.policy = make_policy(p)
+        s.policy = make_policy(how) if isinstance(how, str) else Virtkit(churn=how)
         k = decisions if p not in ("random", "ffd") else max(200, decisions // 10)
         times = []
         placed = []
@@ -314,191 +322,86 @@ def run_latency(args: tuple[int, list[str], int, int]) -> list[dict[str, Any]]:
         times.sort()
         fill_pct = round(used / (n_hosts * 64) * 100, 1)
         out.append({"hosts": n_hosts, "policy": p, "decisions": k, "fill_vcpu_pct": fill_pct,
-                    "gc_frozen": len(out) < len(policies),
+                    "gc_frozen": len(out) < len(runs),
                     "p50_ms": round(times[len(times) // 2] / 1e6, 4),
                     "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))] / 1e6, 4),
                     "max_ms": round(times[-1] / 1e6, 4)})
     return out
 
 
-# ---------------------------------------------------------------- report
-def _best_baseline(rows: list[dict[str, Any]], key: str) -> tuple[str, float]:
-    base = [(r[key], r["policy"]) for r in rows if r["policy"] != "virtkit"]
-    v, p = min(base)
-    return p, v
-
-
-def goals(res: dict[str, Any]) -> dict[str, Any]:
-    g: dict[str, Any] = {}
-    st = res["static"]
-    vk = next(r for r in st if r["kind"] == "azure" and r["batch"] and r["policy"] == "virtkit")
-    runs = [r for r in res["static_runs"] if r["kind"] == "azure" and r["batch"] and r["policy"] == "virtkit"]
-    # a whole number of hosts: ceil(lower bound) is the best any packing can reach on a trace
-    at_ceil = [r["host_equiv"] <= math.ceil(r["lb"] - 1e-9) for r in runs]
-    g["static_azure_within_1pct_of_lb"] = {"virtkit_batch": vk["host_equiv"], "lower_bound": res["static_lb"]["azure"],
-                                           "ratio": vk["ratio"], "worst_seed_ratio": vk["max_ratio"],
-                                           "seeds_at_ceil_lb": f"{sum(at_ceil)}/{len(runs)}",
-                                           "met": vk["ratio"] <= 1.01 and (vk["max_ratio"] <= 1.01 or all(at_ceil))}
-    never_worse = []
-    for kind in res["static_lb"]:
-        for batch in (False, True):
-            rows = [r for r in st if r["kind"] == kind and r["batch"] == batch]
-            p, v = _best_baseline(rows, "host_equiv")
-            mine = next(r for r in rows if r["policy"] == "virtkit")["host_equiv"]
-            never_worse.append({"kind": kind, "mode": "batch" if batch else "online", "virtkit": mine,
-                                "best_baseline": p, "baseline": v, "met": mine <= v})
-    for pool_name in ("lb+10%", "lb"):
-        for kind in res["dynamic_lb"]:
-            rows = [r for r in res["dynamic"] if r["kind"] == kind and r["pool"] == pool_name]
-            p, v = _best_baseline(rows, "rejected")
-            mine = next(r for r in rows if r["policy"] == "virtkit")["rejected"]
-            never_worse.append({"kind": kind, "mode": f"dynamic {pool_name} rejections", "virtkit": mine,
-                                "best_baseline": p, "baseline": v, "met": mine <= v, "strictly_fewer": mine < v})
-    for kind in res["dynamic_lb"]:
-        rows = [r for r in res["smallest_pool"] if r["kind"] == kind]
-        p, v = _best_baseline(rows, "smallest_pool_equiv")
-        mine = next(r for r in rows if r["policy"] == "virtkit")["smallest_pool_equiv"]
-        never_worse.append({"kind": kind, "mode": "smallest pool without rejection", "virtkit": mine,
-                            "best_baseline": p, "baseline": v, "met": mine <= v, "strictly_fewer": mine < v})
-    g["never_worse_than_best_baseline"] = never_worse
-    top = max(x["hosts"] for x in res["latency"])
-    lat = next(r for r in res["latency"] if r["policy"] == "virtkit" and r["hosts"] == top and r["gc_frozen"])
-    g["p99_under_1ms_at_max_hosts"] = {"p99_ms": lat["p99_ms"], "hosts": top, "met": lat["p99_ms"] < 1.0}
-    return g
-
-
-def write_md(res: dict[str, Any], path: Path) -> None:
-    L = ["# Scheduler benchmark", "", f"Generated by `bench/scheduler.py` ({res['host']['when']}, "
-         f"{res['host']['python']}, {res['host']['cpus']} CPUs, total {res['host']['seconds']} s). "
-         "Every policy in one run on the same seeded traces; lower is better everywhere.", ""]
-    L += ["## Static: hosts used (64 vCPU / 256 GiB host-equivalents) on an elastic pool", "",
-          f"Requests: {res['params']['static_n']} per workload. Volume lower bound: " +
-          ", ".join(f"{k} {v:.2f}" for k, v in res["static_lb"].items()) + ".", "",
-          "| policy | " + " | ".join(f"{k} online | {k} batch" for k in res["static_lb"]) + " |",
-          "|---|" + "---|---|" * len(res["static_lb"])]
-    for p in POLICY_NAMES:
-        cells = []
-        for k in res["static_lb"]:
+def static_part(ex: ProcessPoolExecutor, kinds: list[str], n: int, seeds: list[int]) -> dict[str, Any]:
+    """Every policy, online and batch, on each seed; then the mean per (workload, policy, mode)."""
+    lbs = {(k, sd): volume_lb(static_requests(k, n, sd)) for k in kinds for sd in seeds}
+    jobs = [(k, p, n, sd, b) for k in kinds for p in POLICY_NAMES for b in (False, True) for sd in seeds]
+    runs_all = [{**r, "seed": j[3], "lb": round(lbs[j[0], j[3]], 4),
+                 "ratio": round(r["host_equiv"] / lbs[j[0], j[3]], 4)}
+                for r, j in zip(ex.map(run_static, jobs), jobs, strict=True)]
+    agg = []
+    for k in kinds:
+        for p in POLICY_NAMES:
             for b in (False, True):
-                r = next(x for x in res["static"] if x["kind"] == k and x["policy"] == p and x["batch"] == b)
-                cells.append(f"{r['host_equiv']:g} ({r['ratio']:.3f})")
-        L.append(f"| {p} | " + " | ".join(cells) + " |")
-    L += ["", f"Mean over {len(res['params']['seeds'])} seeded traces (mean ratio to each trace's volume lower bound "
-          "in parentheses; per-seed figures in the JSON). Online: file order, a host is opened only when no open "
-          "host takes the request. Batch: `place_batch` of the whole trace.", "",
-          "### Exact optimum on small instances", "",
-          "| workload | requests | lower bound | best heuristic | virtkit batch | optimum (HiGHS) | proven "
-          "| solver s |",
-          "|---|---|---|---|---|---|---|---|"]
-    for e in res["exact"]:
-        L.append(f"| {e['kind']} | {e['n']} | {e['lower_bound']} | {e['best_heuristic']} ({e['best_policy']}) | "
-                 f"{e['virtkit_batch']} | {e['optimum']} | {e['proven']} | {e['seconds']} |")
-    L += ["", "## Dynamic: 14 days of arrivals and departures, online", ""]
-    for kind, lb in res["dynamic_lb"].items():
-        L.append(f"- {kind}: {res['dynamic_requests'][kind]} requests over {len(res['params']['dynamic_seeds'])} "
-                 f"traces, mean peak-volume lower bound {lb:.2f} hosts")
-    L += ["", "Rejections summed over the traces; stranding and empty hosts averaged.", "",
-          "| workload | pool | policy | rejected | stranded vCPU % | stranded GiB % | empty hosts (mean) |",
-          "|---|---|---|---|---|---|---|"]
-    for r in res["dynamic"]:
-        L.append(f"| {r['kind']} | {r['pool']} ({r['hosts']} hosts) | {r['policy']} | {r['rejected']} | "
-                 f"{r.get('stranded_vcpu_pct', '')} | {r.get('stranded_mem_pct', '')} | "
-                 f"{r.get('empty_hosts_mean', '')} |")
-    L += ["", "Stranded: free vCPU on hosts with under 2 GiB free, free memory on hosts with no whole vCPU free, "
-          "as % of the pool, averaged over hourly samples.", "", "### Smallest pool with no rejection "
-          "(standard-host-equivalents of both resources, summed over the traces)", "",
-          "| policy | " + " | ".join(res["dynamic_lb"]) + " |",
-          "|---|" + "---|" * len(res["dynamic_lb"])]
-    for p in POLICY_NAMES:
-        sp = {r["kind"]: r for r in res["smallest_pool"] if r["policy"] == p}
-        L.append(f"| {p} | " + " | ".join(f"{sp[k]['smallest_pool_equiv']} ({'+'.join(map(str, sp[k]['per_trace']))})"
-                                          for k in res["dynamic_lb"]) + " |")
-    L += ["", "## Latency per decision (ms), pool filled to ~75% vCPU with the Azure mix", "",
-          "| policy | " + " | ".join(f"{n} hosts p50 | {n} hosts p99" for n in res["params"]["latency_hosts"]) + " |",
-          "|---|" + "---|---|" * len(res["params"]["latency_hosts"])]
-    for p in POLICY_NAMES:
-        cells = []
-        for n in res["params"]["latency_hosts"]:
-            r = next(x for x in res["latency"] if x["hosts"] == n and x["policy"] == p)
-            cells += [f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}"]
-        L.append(f"| {p} | " + " | ".join(cells) + " |")
-    cells = []
-    for n in res["params"]["latency_hosts"]:
-        r = next(x for x in res["latency"] if x["hosts"] == n and x["policy"] == "virtkit" and not x["gc_frozen"])
-        cells += [f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}"]
-    L.append("| virtkit, GC not frozen | " + " | ".join(cells) + " |")
-    L += ["", "The state (~10^5 resident requests at 10,000 hosts) is moved to the GC's permanent generation "
-          "(`gc.freeze()`) after loading, as a long-lived scheduler service should; the last row is without it."]
-    g = res["goals"]
-    g1, g2 = g["static_azure_within_1pct_of_lb"], g["p99_under_1ms_at_max_hosts"]
-    L += ["", "## Goals", "",
-          f"- virtkit within 1% of the lower bound on the Azure-like static mix (batch): "
-          f"mean {g1['ratio']}, worst trace {g1['worst_seed_ratio']}, traces at ceil(lower bound) "
-          f"{g1['seeds_at_ceil_lb']} -> {'met' if g1['met'] else 'NOT met'}",
-          f"- p99 under 1 ms at {g2['hosts']} hosts: {g2['p99_ms']} ms -> {'met' if g2['met'] else 'NOT met'}",
-          "- never worse than the best baseline:", ""]
-    L += ["| workload | measure | virtkit | best baseline | met | strictly better |", "|---|---|---|---|---|---|"]
-    for r in g["never_worse_than_best_baseline"]:
-        L.append(f"| {r['kind']} | {r['mode']} | {r['virtkit']} | {r['baseline']} ({r['best_baseline']}) | "
-                 f"{'yes' if r['met'] else 'NO'} | {'yes' if r['virtkit'] < r['baseline'] else 'no'} |")
-    path.write_text("\n".join(L) + "\n")
+                runs = [r for r in runs_all if r["kind"] == k and r["policy"] == p and r["batch"] == b]
+                agg.append({"kind": k, "policy": p, "batch": b,
+                            "host_equiv": round(statistics.fmean(r["host_equiv"] for r in runs), 3),
+                            "ratio": round(statistics.fmean(r["ratio"] for r in runs), 4),
+                            "max_ratio": max(r["ratio"] for r in runs), "per_seed": [r["host_equiv"] for r in runs]})
+    return {"lb": {k: round(statistics.fmean(lbs[k, sd] for sd in seeds), 3) for k in kinds}, "runs": runs_all,
+            "agg": agg}
 
 
-def plots(res: dict[str, Any]) -> list[str]:
-    import matplotlib
+def dynamic_traces(kinds: list[str], conc: dict[str, int], seeds: list[int]) -> dict[tuple[str, int], list[Request]]:
+    return {(k, sd): dynamic_requests("azure" if k == "hetero" else k, conc[k], 14, sd) for k in kinds for sd in seeds}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def dynamic_part(ex: ProcessPoolExecutor, kinds: list[str], traces: dict[tuple[str, int], list[Request]],
+                 seeds: list[int], pools: tuple[tuple[str, float], ...], detail: bool) -> dict[str, Any]:
+    """Every policy on each trace and pool size; rejections summed over the traces, the rest averaged."""
+    dlb = {key: dyn_lb(t) for key, t in traces.items()}
+    jobs, labels = [], []
+    for pool_name, slack in pools:
+        for k in kinds:
+            for p in POLICY_NAMES:
+                for sd in seeds:
+                    jobs.append((k, p, traces[k, sd], dlb[k, sd] * slack, detail))
+                    labels.append((pool_name, sd))
+    runs_all = [{**r, "pool": lab, "seed": sd}
+                for r, (lab, sd) in zip(ex.map(run_dynamic, jobs), labels, strict=True)]
+    agg = []
+    for pool_name, _ in pools:
+        for k in kinds:
+            for p in POLICY_NAMES:
+                runs = [r for r in runs_all if r["kind"] == k and r["policy"] == p and r["pool"] == pool_name]
+                row: dict[str, Any] = {"kind": k, "policy": p, "pool": pool_name,
+                                       "hosts": "+".join(str(r["hosts"]) for r in runs),
+                                       "rejected": sum(r["rejected"] for r in runs)}
+                if detail:
+                    for m in ("stranded_vcpu_pct", "stranded_mem_pct", "empty_hosts_mean"):
+                        row[m] = round(statistics.fmean(r[m] for r in runs), 3)
+                agg.append(row)
+    return {"lb": dlb, "runs": runs_all, "agg": agg}
+
+
+def exact_part(ex: ProcessPoolExecutor, seed: int, solver_s: float) -> list[dict[str, Any]]:
+    """The exact optimum of ~200 requests (HiGHS), next to the best heuristic; [] when highspy is missing."""
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        print("highspy is not installed: the exact optimum is skipped", file=sys.stderr)
+        return []
+    small = [(k, p, 200, seed, b) for k in ("azure", "large") for p in POLICY_NAMES for b in (False, True)]
+    small_res = list(ex.map(run_static, small))
+    exact_jobs = []
+    for k in ("azure", "large"):
+        rows = [r for r in small_res if r["kind"] == k]
+        best = min(rows, key=lambda r: r["hosts"])
+        vk = next(r for r in rows if r["policy"] == "virtkit" and r["batch"])
+        exact_jobs.append((k, best, vk))
+    futs = [ex.submit(exact_optimum, k, 200, seed, best["hosts"], solver_s) for k, best, _ in exact_jobs]
     out = []
-    kinds = list(res["static_lb"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, batch in zip(axes, (False, True), strict=True):
-        width = 0.8 / len(POLICY_NAMES)
-        for i, p in enumerate(POLICY_NAMES):
-            vals = [next(r["ratio"] for r in res["static"] if r["kind"] == k and r["policy"] == p
-                         and r["batch"] == batch) for k in kinds]
-            ax.bar([j + i * width for j in range(len(kinds))], vals, width, label=p)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(kinds))], kinds)
-        ax.set_ylim(0.95, max(1.6, ax.get_ylim()[1]))
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_title(f"static, {'batch' if batch else 'online'}: hosts / volume lower bound")
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "scheduler_static.png", dpi=110)
-    out.append("scheduler_static.png")
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, pool_name in zip(axes, ("lb+10%", "lb"), strict=True):
-        width = 0.8 / len(POLICY_NAMES)
-        for i, p in enumerate(POLICY_NAMES):
-            vals = [next(r["rejected"] for r in res["dynamic"] if r["kind"] == k and r["policy"] == p
-                         and r["pool"] == pool_name) for k in res["dynamic_lb"]]
-            ax.bar([j + i * width for j in range(len(vals))], vals, width, label=p)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(res["dynamic_lb"]))], list(res["dynamic_lb"]))
-        ax.set_title(f"dynamic, pool = {pool_name}: rejected requests")
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "scheduler_dynamic.png", dpi=110)
-    out.append("scheduler_dynamic.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for n in res["params"]["latency_hosts"]:
-        rows = [next(r for r in res["latency"] if r["hosts"] == n and r["policy"] == p and r["gc_frozen"])
-                for p in POLICY_NAMES]
-        ax.plot(POLICY_NAMES, [r["p99_ms"] for r in rows], "o-", label=f"p99, {n} hosts")
-        ax.plot(POLICY_NAMES, [r["p50_ms"] for r in rows], "x--", label=f"p50, {n} hosts")
-    ax.axhline(1.0, color="r", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per decision")
-    ax.legend(fontsize=8)
-    ax.set_title("decision latency")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "scheduler_latency.png", dpi=110)
-    out.append("scheduler_latency.png")
-    plt.close(fig)
+    for (k, best, vk), f in zip(exact_jobs, futs, strict=True):
+        out.append({"kind": k, "n": 200, "best_heuristic": best["hosts"],
+                    "best_policy": f"{best['policy']} {'batch' if best['batch'] else 'online'}",
+                    "virtkit_batch": vk["hosts"], **f.result()})
     return out
 
 
@@ -510,6 +413,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=3, help="static traces per workload")
     ap.add_argument("--dyn-seeds", type=int, default=4, help="dynamic traces per workload")
+    ap.add_argument("--extra-seeds", type=int, default=20, help="more static traces, for validation (0: none)")
+    ap.add_argument("--extra-dyn-seeds", type=int, default=12,
+                    help="more dynamic traces, rejections at the tight pool only, for validation (0: none)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     n_static = 300 if args.quick else 1000
@@ -517,76 +423,31 @@ def main() -> int:
             "hetero": 300 if args.quick else 1000}
     lat_hosts = [1000] if args.quick else [1000, 10000]
     kinds = ["azure", "large", "hetero"]
-    res: dict[str, Any] = {"params": {"static_n": n_static, "concurrency": conc, "latency_hosts": lat_hosts,
-                                      "seed": args.seed, "solver_s": args.solver_s, "days": 14}}
-    ex = ProcessPoolExecutor(args.jobs)
-    # static: every seed, then the mean per (workload, policy, mode)
-    # trace seeds are offset from the ones the virtkit weights were tuned on (1-3 static, 11-20 dynamic)
+    # trace seeds differ from the ones the virtkit weights were chosen on (static 1-12, dynamic 201-224)
     seeds = [args.seed + 20 + i for i in range(args.seeds)]
-    res["params"]["seeds"] = seeds
-    lbs = {(k, sd): volume_lb(static_requests(k, n_static, sd)) for k in kinds for sd in seeds}
-    res["static_lb"] = {k: round(statistics.fmean(lbs[k, sd] for sd in seeds), 3) for k in kinds}
-    jobs = [(k, p, n_static, sd, b) for k in kinds for p in POLICY_NAMES for b in (False, True) for sd in seeds]
-    res["static_runs"] = [{**r, "seed": j[3], "lb": round(lbs[j[0], j[3]], 4),
-                           "ratio": round(r["host_equiv"] / lbs[j[0], j[3]], 4)}
-                          for r, j in zip(ex.map(run_static, jobs), jobs, strict=True)]
-    res["static"] = []
-    for k in kinds:
-        for p in POLICY_NAMES:
-            for b in (False, True):
-                runs = [r for r in res["static_runs"] if r["kind"] == k and r["policy"] == p and r["batch"] == b]
-                res["static"].append({"kind": k, "policy": p, "batch": b,
-                                      "host_equiv": round(statistics.fmean(r["host_equiv"] for r in runs), 3),
-                                      "ratio": round(statistics.fmean(r["ratio"] for r in runs), 4),
-                                      "max_ratio": max(r["ratio"] for r in runs),
-                                      "per_seed": [r["host_equiv"] for r in runs]})
+    extra_seeds = [seeds[-1] + 1 + i for i in range(args.extra_seeds)]
+    dseeds = [args.seed + 100 + i for i in range(args.dyn_seeds)]
+    extra_dseeds = [dseeds[-1] + 1 + i for i in range(args.extra_dyn_seeds)]
+    res: dict[str, Any] = {"params": {"static_n": n_static, "concurrency": conc, "latency_hosts": lat_hosts,
+                                      "seed": args.seed, "solver_s": args.solver_s, "days": 14,
+                                      "policies": POLICY_NAMES, "seeds": seeds, "extra_seeds": extra_seeds,
+                                      "dynamic_seeds": dseeds, "extra_dynamic_seeds": extra_dseeds}}
+    ex = ProcessPoolExecutor(args.jobs)
+    st = static_part(ex, kinds, n_static, seeds)
+    res["static_lb"], res["static_runs"], res["static"] = st["lb"], st["runs"], st["agg"]
+    if extra_seeds:
+        st = static_part(ex, kinds, n_static, extra_seeds)
+        res["static_extra_lb"], res["static_extra_runs"], res["static_extra"] = st["lb"], st["runs"], st["agg"]
     print(f"static done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
-    # exact optimum on ~200 requests
-    small = [(k, p, 200, args.seed, b) for k in ("azure", "large") for p in POLICY_NAMES for b in (False, True)]
-    small_res = list(ex.map(run_static, small))
-    exact_jobs = []
-    for k in ("azure", "large"):
-        rows = [r for r in small_res if r["kind"] == k]
-        best = min(rows, key=lambda r: r["hosts"])
-        vk = next(r for r in rows if r["policy"] == "virtkit" and r["batch"])
-        exact_jobs.append((k, best, vk))
-    futs = [ex.submit(exact_optimum, k, 200, args.seed, best["hosts"], args.solver_s) for k, best, _ in exact_jobs]
-    res["exact"] = []
-    for (k, best, vk), f in zip(exact_jobs, futs, strict=True):
-        e = f.result()
-        res["exact"].append({"kind": k, "n": 200, "best_heuristic": best["hosts"],
-                             "best_policy": f"{best['policy']} {'batch' if best['batch'] else 'online'}",
-                             "virtkit_batch": vk["hosts"], **e})
+    res["exact"] = exact_part(ex, args.seed, args.solver_s)
     print(f"exact done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
     # dynamic: one trace per workload and dynamic seed; rejections and pool sizes summed over the traces
-    dseeds = [args.seed + 100 + i for i in range(args.dyn_seeds)]
-    res["params"]["dynamic_seeds"] = dseeds
-    traces = {(k, sd): dynamic_requests("azure" if k == "hetero" else k, conc[k], 14, sd)
-              for k in kinds for sd in dseeds}
-    dlb = {key: dyn_lb(t) for key, t in traces.items()}
+    traces = dynamic_traces(kinds, conc, dseeds)
+    dyn = dynamic_part(ex, kinds, traces, dseeds, (("lb+10%", 1.10), ("lb", 1.0)), detail=True)
+    dlb = dyn["lb"]
     res["dynamic_lb"] = {k: round(statistics.fmean(dlb[k, sd] for sd in dseeds), 3) for k in kinds}
     res["dynamic_requests"] = {k: sum(len(traces[k, sd]) for sd in dseeds) for k in kinds}
-    djobs, labels = [], []
-    for pool_name, slack in (("lb+10%", 1.10), ("lb", 1.0)):
-        for k in kinds:
-            for p in POLICY_NAMES:
-                for sd in dseeds:
-                    djobs.append((k, p, traces[k, sd], dlb[k, sd] * slack, True))
-                    labels.append(pool_name)
-    res["dynamic_runs"] = [{**r, "pool": lab, "seed": dseeds[i % len(dseeds)]}
-                           for i, (r, lab) in enumerate(zip(ex.map(run_dynamic, djobs), labels, strict=True))]
-    res["dynamic"] = []
-    for pool_name in ("lb+10%", "lb"):
-        for k in kinds:
-            for p in POLICY_NAMES:
-                runs = [r for r in res["dynamic_runs"]
-                        if r["kind"] == k and r["policy"] == p and r["pool"] == pool_name]
-                row: dict[str, Any] = {"kind": k, "policy": p, "pool": pool_name,
-                                       "hosts": "+".join(str(r["hosts"]) for r in runs),
-                                       "rejected": sum(r["rejected"] for r in runs)}
-                for m in ("stranded_vcpu_pct", "stranded_mem_pct", "empty_hosts_mean"):
-                    row[m] = round(statistics.fmean(r[m] for r in runs), 3)
-                res["dynamic"].append(row)
+    res["dynamic_runs"], res["dynamic"] = dyn["runs"], dyn["agg"]
     print(f"dynamic done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
     sjobs = [(k, p, traces[k, sd], dlb[k, sd], dlb[k, sd] * 1.10) for k in kinds for p in POLICY_NAMES for sd in dseeds]
     sp_runs = list(ex.map(smallest_pool, sjobs))
@@ -597,6 +458,11 @@ def main() -> int:
             res["smallest_pool"].append({"kind": k, "policy": p, "per_trace": [r["smallest_pool_equiv"] for r in runs],
                                          "smallest_pool_equiv": sum(r["smallest_pool_equiv"] for r in runs)})
     print(f"smallest pool done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
+    if extra_dseeds:
+        extra = dynamic_part(ex, kinds, dynamic_traces(kinds, conc, extra_dseeds), extra_dseeds, (("lb", 1.0),),
+                             detail=False)
+        res["dynamic_extra_runs"], res["dynamic_extra"] = extra["runs"], extra["agg"]
+        print(f"extra dynamic done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
     ex.shutdown()
     # latency: alone on the machine, one fresh process per pool size, one after the other
     res["latency"] = []
@@ -610,7 +476,11 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
     if not args.quick:
-        res["plots"] = plots(res)
+        try:
+            res["plots"] = plots(res, RESULTS)
+        except ImportError:
+            print("matplotlib is not installed: no plots", file=sys.stderr)
+            res["plots"] = []
     (RESULTS / f"scheduler{suffix}.json").write_text(json.dumps(res, indent=1) + "\n")
     write_md(res, RESULTS / f"scheduler{suffix}.md")
     print((RESULTS / f"scheduler{suffix}.md").read_text())

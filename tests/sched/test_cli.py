@@ -76,6 +76,18 @@ def test_priority_preempts(tmp_path: Path) -> None:
     reqs = "id,vcpus,memory_mib,priority\nlow,8,16384,0\nlow2,4,8192,0\nhigh,8,1000,5\n"
     out = dict(rows(run(tmp_path, HOSTS, reqs).stdout))
     assert out == {"low": "", "low2": "h2", "high": "h1"}
+    p = run(tmp_path, HOSTS, reqs, "--id", "high", cmd="explain")
+    assert p.returncode == 0, p.stderr
+    assert "decision: h1 (preempting low)" in p.stdout
+    assert "preempts 1 request(s) of lower priority than 5" in p.stdout
+
+
+def test_preemption_in_a_timed_replay(tmp_path: Path) -> None:
+    # the victim is evicted (empty host); its departure later is a no-op; the freed room is reused
+    reqs = ("id,vcpus,memory_mib,priority,arrival_s,departure_s\n"
+            "low,8,16384,0,0,500\nlow2,4,8192,0,0,\nhigh,8,1000,5,10,100\nafter,8,16384,0,200,\n")
+    out = dict(rows(run(tmp_path, HOSTS, reqs).stdout))
+    assert out == {"low": "", "low2": "h2", "high": "h1", "after": "h1"}
 
 
 @pytest.mark.parametrize("policy", ["virtkit", "spread", "pack", "nova", "bestfit", "ffd", "tetris", "random"])

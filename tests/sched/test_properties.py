@@ -146,3 +146,23 @@ def test_planner_moves_are_feasible_in_order(caps, reqs, drain) -> None:  # type
             s.release(m.request_id)
             s.bind(r, s.by_name[m.source])
         assert {h.name: dict(h.residents) for h in s.hosts} == snapshot
+
+
+@SETTINGS
+@given(caps=host_caps, reqs=st.lists(st.tuples(demands, st.integers(0, 3)), max_size=40), policy=policies)
+def test_preemption_evicts_only_lower_priority_and_only_when_needed(caps, reqs, policy) -> None:  # type: ignore[no-untyped-def]
+    s = Scheduler(make_hosts(caps), policy, ratios={"vcpus": 1.0, "memory_mib": 1.0})
+    for i, ((c, m), p) in enumerate(reqs):
+        r = Request(f"r{i}", {"vcpus": c, "memory_mib": m}, priority=p)
+        d = s.vector(r)
+        fits_somewhere = any(s.passes(h, r, d) for h in s.hosts)
+        before = {rid: h.residents[rid].priority for rid, h in s.where.items()}
+        dec = s.schedule(r)
+        if dec.victims:
+            assert not fits_somewhere
+            assert dec.host is not None and "preempts" in dec.reason
+            assert all(before[v] < p for v in dec.victims)
+            assert all(v not in s.where for v in dec.victims)
+        else:
+            assert (dec.host is not None) == fits_somewhere
+        check_capacity(s)

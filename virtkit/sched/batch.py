@@ -78,7 +78,7 @@ def _try(s: Scheduler, reqs: list[tuple[Request, list[float]]], hosts: list[Host
         placed.append(r.id)
     if not keep:
         for rid in placed:
-            s.release(rid)
+            s.release(rid, moving=True)
     return ok
 
 
@@ -164,5 +164,9 @@ def fill_hosts(s: Scheduler, reqs: list[Request]) -> dict[str, Decision]:
         _try(s, items, opened + empties, _least, keep=True)
     for r, _ in items:
         h = s.where.get(r.id)
-        out[r.id] = Decision(r.id, h.name) if h is not None else s.schedule(r)
+        if h is not None:
+            out[r.id] = Decision(r.id, h.name)
+            s.count_arrival()
+        else:
+            out[r.id] = s.schedule(r)
     return out

@@ -1,11 +1,15 @@
 """`virtkit-sched`: replay a request trace against a pool of hosts (place), or explain one decision.
 
     virtkit-sched place --hosts HOSTS.csv --requests REQS.csv [--policy NAME] [--batch]
-                        [--cpu-ratio R] [--mem-ratio R] > PLACEMENTS.csv
-    virtkit-sched explain --hosts HOSTS.csv --requests REQS.csv --id ID [--policy NAME] [--json]
+                        [--cpu-ratio R] [--mem-ratio R] [--quotas QUOTAS.csv] > PLACEMENTS.csv
+    virtkit-sched explain --hosts HOSTS.csv --requests REQS.csv --id ID [--policy NAME] [--quotas QUOTAS.csv]
+                          [--json]
 
-Output of place: `id,host` in request order, an empty host for a rejected (or preempted) request.
-Bad input: a message naming the file, line and column, exit status 2.
+Output of place: `id,host` in request order, an empty host for a rejected request, one over its project's
+quota, or one evicted by a request of higher priority (REQS.csv column `priority`; the victims are the
+lowest priorities first, then the fewest, then the smallest; explain names them).
+Quotas (QUOTAS.csv: project,vcpus,memory_mib[,instances]) bound what each project's running instances hold;
+a project without a row has no quota. Bad input: a message naming the file, line and column, exit status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--cpu-ratio", type=_ratio, default=1.0, help="vCPU overcommit ratio (default 1.0)")
         c.add_argument("--mem-ratio", type=_ratio, default=1.0, help="memory overcommit ratio (default 1.0)")
         c.add_argument("--seed", type=int, default=0, help="seed of the random policy")
+        c.add_argument("--quotas", metavar="QUOTAS.csv",
+                       help="per-project limits: project,vcpus,memory_mib[,instances] (no row: no quota)")
         if name == "explain":
             c.add_argument("--id", required=True, help="the request to explain")
             c.add_argument("--json", action="store_true", help="machine-readable output")
@@ -48,7 +54,7 @@ def _ratio(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from virtkit.sched.csvio import read_hosts, read_requests
+    from virtkit.sched.csvio import read_hosts, read_quotas, read_requests
     from virtkit.sched.engine import Scheduler
     from virtkit.sched.model import SchedError
     from virtkit.sched.replay import replay
@@ -57,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         hosts = read_hosts(args.hosts)
         resources = tuple(dict.fromkeys(r for h in hosts for r in h.capacity)) or ("vcpus", "memory_mib")
         trace = read_requests(args.requests, resources)
+        quotas = read_quotas(args.quotas, resources) if args.quotas else None
         s = Scheduler(hosts, args.policy, ratios={"vcpus": args.cpu_ratio, "memory_mib": args.mem_ratio},
-                      groups=trace.groups, seed=args.seed)
+                      groups=trace.groups, seed=args.seed, quotas=quotas)
         if args.cmd == "place":
             result = replay(s, trace.requests, timed=trace.timed, batch=args.batch)
             w = csv.writer(sys.stdout, lineterminator="\n")

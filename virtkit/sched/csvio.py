@@ -9,6 +9,10 @@ REQS.csv: id,vcpus,memory_mib[,arrival_s,departure_s,priority,group,anti_affinit
 groups keep their members on different hosts; soft: the same, as a preference; otherwise `;`-separated names
 of groups (each `name[:soft][:zone]`) that must appear in some row's `group` column: the row joins them and
 they become anti-affinity groups. A group that nobody marks anti-affinity is a soft affinity group.
+`project`: the row's project, for quotas.
+QUOTAS.csv: project,vcpus,memory_mib[,instances][,other host resources] — one row per project, each value a
+limit on what the project's running instances hold together (an empty cell: no limit on that column).
+A project that has no row in QUOTAS.csv (or a request without a project) has no quota.
 """
 
 from __future__ import annotations
@@ -180,3 +184,37 @@ def read_requests(path: str, resources: tuple[str, ...]) -> Trace:
     groups_out = [Group(g, "anti-affinity", hard, scope) if anti else Group(g, "affinity", False, "host")
                   for g, (anti, hard, scope) in kinds.items()]
     return Trace(reqs, groups_out, timed)
+
+
+QUOTA_REQUIRED = ("project", "vcpus", "memory_mib")
+
+
+def read_quotas(path: str, resources: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """project -> {resource or "instances": limit}. Unknown columns are errors: a misspelt limit must not vanish."""
+    cols, rows = _rows(path, QUOTA_REQUIRED)
+    known = ("instances", *resources)
+    unknown = [c for c in cols if c and c != "project" and c not in known]
+    if unknown:
+        raise SchedError(f"{path}: line 1: unknown column(s) {', '.join(unknown)} "
+                         f"(quota columns: project, {', '.join(known)})")
+    limits = [c for c in cols if c in known]
+    quotas: dict[str, dict[str, float]] = {}
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        project = row["project"]
+        if not project:
+            raise SchedError(f"{path}: line {line}, column project: value missing")
+        if project in seen:
+            raise SchedError(f"{path}: line {line}, column project: duplicate project {project!r} "
+                             f"(first on line {seen[project]})")
+        seen[project] = line
+        q: dict[str, float] = {}
+        for c in limits:
+            if row[c] == "":
+                continue
+            v = _num(path, line, c, row[c])
+            if c == "instances" and v != int(v):
+                raise SchedError(f"{path}: line {line}, column instances: must be a whole number (got {row[c]})")
+            q[c] = v
+        quotas[project] = q
+    return quotas

@@ -4,7 +4,9 @@ Hosts sit in buckets keyed by their free primary resource (whole vCPUs) and the 
 memory, so that buckets too small in either are skipped without reading their hosts; a decision reads buckets in the
 order its policy prefers (tightest fit first, or emptiest first) and scores at most `max_candidates`
 feasible hosts, so it does not scan every host of a large pool. Binding, releasing, batch placement,
-preemption and quotas live here; explanations in `explain.py`, move plans in `planner.py`.
+preemption, quotas (per project: resources and instance count) and the churn estimate the `virtkit` policy
+blends on (departures per arrival lately; moves are neither) live here; explanations in `explain.py`,
+move plans in `planner.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from virtkit.sched.model import DEFAULT_RATIOS, DEFAULT_RESOURCES, EPS, Group, H
 from virtkit.sched.policies import Policy, make_policy
 
 SOFT_GROUP_WEIGHT = 1000.0
+CHURN_WINDOW = 5000  # arrivals; the churn estimate halves its counts past twice this many
+INSTANCES = "instances"  # the quota on how many instances a project runs
 
 
 def _log2(x: float) -> int:
@@ -69,9 +73,13 @@ class Scheduler:
         self.groups: dict[str, Group] = {g.name: g for g in groups}
         self.group_hosts: dict[str, dict[int, int]] = {g: {} for g in self.groups}
         self.group_zones: dict[str, dict[str, int]] = {g: {} for g in self.groups}
-        self.quotas = quotas or {}
+        self.quotas = self._check_quotas(quotas or {})
         self.project_use: dict[str, list[float]] = {}
+        self.project_count: dict[str, int] = {}
         self.where: dict[str, HostState] = {}
+        # churn: instances that left per instance placed, over roughly the last CHURN_WINDOW arrivals
+        self.arrivals = 0.0
+        self.departures = 0.0
 
     def add_host(self, h: Host) -> HostState:
         """Add a host to the pool (also how an elastic pool grows, see `grow`)."""
@@ -130,15 +138,42 @@ class Scheduler:
         h = self.where.get(req_id)
         return h.name if h else None
 
+    def _check_quotas(self, quotas: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for project, limits in quotas.items():
+            for r, limit in limits.items():
+                if r != INSTANCES and r not in self.resources:
+                    raise SchedError(f"quota of project {project!r}: unknown resource {r!r} "
+                                     f"(quotas take {INSTANCES}, {', '.join(self.resources)})")
+                if not limit >= 0:
+                    raise SchedError(f"quota of project {project!r}: {r} must not be negative (got {limit:g})")
+        return quotas
+
     def quota_reason(self, req: Request, d: list[float]) -> str | None:
+        """Why placing req would exceed its project's quota, or None. A project without quota has no limit."""
         if req.project is None or req.project not in self.quotas:
             return None
         use = self.project_use.get(req.project) or [0.0] * len(self.resources)
         for r, limit in self.quotas[req.project].items():
-            i = self.resources.index(r) if r in self.resources else -1
-            if i >= 0 and use[i] + d[i] > limit + EPS:
+            if r == INSTANCES:
+                n = self.project_count.get(req.project, 0)
+                if n + 1 > limit + EPS:
+                    return f"quota: project {req.project!r} runs {n} instance(s), limit {limit:g}"
+                continue
+            i = self.resources.index(r)
+            if use[i] + d[i] > limit + EPS:
                 return f"quota: project {req.project!r} {r} {use[i]:g} + {d[i]:g} > limit {limit:g}"
         return None
+
+    def churn(self) -> float:
+        """Departures per arrival lately (0: instances stay, about 1: a steady state of comings and goings)."""
+        return min(1.0, self.departures / self.arrivals) if self.arrivals else 0.0
+
+    def count_arrival(self) -> None:
+        """One more instance placed (the churn estimate counts arrivals here, departures in release)."""
+        self.arrivals += 1
+        if self.arrivals > 2 * CHURN_WINDOW:
+            self.arrivals /= 2
+            self.departures /= 2
 
     def passes(self, h: HostState, req: Request, d: list[float]) -> bool:
         if not h.fits(d):
@@ -211,6 +246,7 @@ class Scheduler:
         if len(cands) == 1:
             return cands[0]
         self.policy.pool_size = len(self.hosts)
+        self.policy.churn = self.churn()
         scores = self.policy.rank(cands, d, req)
         if any(not self.groups[g].hard for g in req.groups):
             scores = [s + self.group_bonus(h, req) for s, h in zip(scores, cands, strict=True)]
@@ -235,16 +271,20 @@ class Scheduler:
             h = self.best(cands, req, d)
             if bind:
                 self.bind(req, h, d)
+                self.count_arrival()
             return Decision(req.id, h.name)
         if self.preemption:
             plan = self.preemption_plan(req, d)
             if plan is not None:
                 h, victims = plan
+                why = (f"preempts {len(victims)} request(s) of lower priority than {req.priority} "
+                       f"(lowest priority first, then fewest, then smallest)")
                 if bind:
                     for v in victims:
                         self.release(v)
                     self.bind(req, h, d)
-                return Decision(req.id, h.name, "", victims)
+                    self.count_arrival()
+                return Decision(req.id, h.name, why, victims)
         return Decision(req.id, None, "no host passes the filters")
 
     def bind(self, req: Request, h: HostState, d: list[float] | None = None) -> None:
@@ -262,10 +302,11 @@ class Scheduler:
             use = self.project_use.setdefault(req.project, [0.0] * len(self.resources))
             for i, x in enumerate(d):
                 use[i] += x
+            self.project_count[req.project] = self.project_count.get(req.project, 0) + 1
         self._index(h)
 
-    def release(self, req_id: str) -> str:
-        """Remove a placed request; returns the host it was on."""
+    def release(self, req_id: str, *, moving: bool = False) -> str:
+        """Remove a placed request; returns the host it was on. moving: it is re-bound elsewhere (no departure)."""
         h = self.where.pop(req_id, None)
         if h is None:
             raise SchedError(f"request {req_id!r} is not placed")
@@ -282,6 +323,9 @@ class Scheduler:
             use = self.project_use[req.project]
             for i, x in enumerate(d):
                 use[i] -= x
+            self.project_count[req.project] -= 1
+        if not moving:
+            self.departures += 1
         self._index(h)
         return h.name
 

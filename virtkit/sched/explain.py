@@ -26,8 +26,9 @@ def explain(s: Scheduler, req: Request) -> dict[str, Any]:
             rows.append({"host": h.name, "status": "filtered", "filter": why[0], "reason": why[1]})
         else:
             feasible.append(h)
+    s.policy.pool_size = len(s.hosts)
+    s.policy.churn = s.churn()
     if feasible:
-        s.policy.pool_size = len(s.hosts)
         parts = s.policy.rank_breakdown(feasible, d, req)
         for h, b in zip(feasible, parts, strict=True):
             bonus = s.group_bonus(h, req)
@@ -41,6 +42,7 @@ def explain(s: Scheduler, req: Request) -> dict[str, Any]:
     return {
         "request": req.id,
         "policy": s.policy.name,
+        "policy_state": s.policy.describe(),
         "demand": {r: d[i] for i, r in enumerate(s.resources) if d[i]},
         "decision": decision.host,
         "reason": decision.reason,
@@ -53,19 +55,22 @@ def explain(s: Scheduler, req: Request) -> dict[str, Any]:
 def render(e: dict[str, Any]) -> str:
     demand = ", ".join(f"{k}={v:g}" for k, v in e["demand"].items())
     lines = [f"request {e['request']} ({demand}) policy {e['policy']}"]
+    if e["policy_state"]:
+        lines.append(f"policy state: {e['policy_state']}")
     if e["decision"]:
         pre = f" (preempting {', '.join(e['victims'])})" if e["victims"] else ""
         lines.append(f"decision: {e['decision']}{pre}")
+        if e["victims"]:
+            lines.append(e["reason"])
     else:
         lines.append(f"decision: rejected ({e['reason']})")
-    if e["quota"]:
-        lines.append(e["quota"])
     for r in e["hosts"]:
         if r["status"] == "filtered":
             lines.append(f"  {r['host']}: filtered by {r['filter']}: {r['reason']}")
         else:
             parts = " ".join(f"{k}={v:.3f}" for k, v in r["breakdown"].items())
             mark = "*" if r["host"] == e["decision"] else " "
-            note = "" if r["status"] == "scored" else " (feasible, outside the index window)"
+            note = "" if r["status"] == "scored" else (" (not considered: over quota)" if e["quota"]
+                                                       else " (feasible, outside the index window)")
             lines.append(f"{mark} {r['host']}: score {r['score']:.3f} [{parts}]{note}")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ def _empty_host(s: Scheduler, h: HostState, closed: set[int], moved: set[str],
     residents = sorted(h.residents.values(), key=lambda r: -sum(s.vector(r)[:2]))
     for req in residents:
         d = s.vector(req)
-        s.release(req.id)
+        s.release(req.id, moving=True)
         cands = s.candidates(req, d, exclude=closed | {h.index}, nonempty_only=nonempty_only)
         if not cands:
             s.bind(req, h, d)
@@ -48,7 +48,7 @@ def _empty_host(s: Scheduler, h: HostState, closed: set[int], moved: set[str],
 
 def _undo(s: Scheduler, m: Move) -> None:
     req = s.by_name[m.target].residents[m.request_id]
-    s.release(m.request_id)
+    s.release(m.request_id, moving=True)
     s.bind(req, s.by_name[m.source])
 
 
@@ -78,7 +78,7 @@ def plan_consolidation(s: Scheduler, max_moves: int = 50, max_moves_per_host: in
     plan: list[Move] = []
     closed: set[int] = set()
     moved: set[str] = set()
-    policy, s.policy = s.policy, Virtkit()  # targets: the tightest fit, whatever the placement policy
+    policy, s.policy = s.policy, Virtkit(churn=1.0)  # targets: the tightest fit, whatever the policy
     try:
         for h in sorted((h for h in s.hosts if not h.empty), key=lambda h: _load(s, h)):
             n = len(h.residents)
@@ -106,13 +106,13 @@ def plan_drain(s: Scheduler, host: str) -> list[Move]:
     try:
         for req in sorted(h.residents.values(), key=lambda r: -sum(s.vector(r)[:2])):
             d = s.vector(req)
-            s.release(req.id)
+            s.release(req.id, moving=True)
             cands = s.candidates(req, d, exclude={h.index})
             s.bind(req, h, d)
             if not cands:
                 raise SchedError(f"cannot drain {host!r}: request {req.id!r} fits on no other host")
             t = s.best(cands, req, d)
-            s.release(req.id)
+            s.release(req.id, moving=True)
             s.bind(req, t, d)
             plan.append(Move(req.id, host, t.name))
     finally:

@@ -8,6 +8,8 @@ Scores use the first two resources (vcpus, memory) as Kubernetes' fit plugins do
 
 from __future__ import annotations
 
+import math
+
 from virtkit.sched.model import HostState, Request
 
 DIMS = (0, 1)
@@ -24,6 +26,11 @@ class Policy:
     needs_rank = False  # True: scores depend on the whole candidate set (normalised weighers)
     batch = "sorted"  # or "bins": fill host by host (see batch.py)
     pool_size = 1  # set by the engine before ranking
+    churn = 0.0  # departures / arrivals lately, set by the engine before ranking
+
+    def describe(self) -> str:
+        """What the policy's scores depend on beyond the host and the request (explain prints it)."""
+        return ""
 
     def score(self, h: HostState, d: list[float], req: Request) -> float:
         return sum(self.breakdown(h, d, req).values())
@@ -124,64 +131,92 @@ class Random(Policy):
 
 
 class Virtkit(Policy):
-    """virtkit's fragmentation-aware best fit.
+    """virtkit's fragmentation-aware policy: consolidate while instances come and go, align shapes while they stay.
 
-    - fill: prefer the host that ends up fullest (few open hosts, big holes kept whole elsewhere);
-    - stranding: penalise what the placement leaves unusable: free vCPU without the memory the workload
-      asks per vCPU (or the reverse), measured against the running vCPU:memory ratio of the requests seen
-      so far, not the host's own shape — so mixed host shapes are judged by what will come;
-    - lifetime: when departures are known, penalise extending a host's life past its residents' last
-      departure, so hosts empty together (LAVA-like);
-    - age: a slight preference for hosts early in the pool (first fit's strength: the tail of the pool
-      stays empty, whole, for big requests or to be powered down).
-    Weights were tuned on the benchmark's traces (bench/scheduler.py), see bench/results/scheduler.md.
+    Two scorings, blended by the churn the engine observes (departures / arrivals over the recent past):
+    - consolidate (weight min(1, churn / CHURN_FULL)) — what departures reward:
+      fill: the host that ends up fullest, so that hosts drain and empty whole for big requests;
+      stranding: penalise free vCPU left without the memory the workload asks per vCPU (or the reverse),
+      measured against the running vCPU:memory ratio of the requests seen so far, not the host's own shape;
+      lifetime: when departures are known, penalise extending a host's life past its residents' last
+      departure, so hosts empty together (LAVA-like); age: a slight preference for hosts early in the pool.
+    - align (the rest) — what a pool whose instances stay needs, since every host's free space is filled
+      by what comes next: the cosine between the request and the host's free capacity (both as fractions
+      of the host), so each host fills evenly in both resources and little is stranded when the pool is
+      full; a small fill term breaks ties towards the fuller host.
+    Weights were chosen on traces other than the benchmark's report seeds (bench/scheduler.py), see
+    bench/results/scheduler.md.
     """
 
     name, order, batch = "virtkit", "asc", "bins"
     strand_weight = 100.0
-    delta = True
     lifetime_weight = 10.0
     age_weight = 2.0
+    align_weight = 100.0
+    align_fill = 0.1  # share of the fill term kept while aligning (a tie-break)
+    CHURN_FULL = 0.5  # churn from which the policy consolidates only
     day = 86400.0
 
-    def __init__(self) -> None:
+    def __init__(self, churn: float | None = None) -> None:
+        """churn: a fixed blend (1.0: consolidate only, 0.0: align only) instead of the engine's estimate."""
         self.seen_cpu = 0.0
         self.seen_mem = 0.0
+        self.fixed_churn = churn
 
     def _ratio(self) -> float:
         return self.seen_mem / self.seen_cpu if self.seen_cpu > 0 and self.seen_mem > 0 else 0.0
 
-    def _stranded(self, h: HostState, d: list[float], rho: float) -> float:
-        c0, c1 = h.cap[0], h.cap[1]
-        if rho <= 0 or c0 <= 0 or c1 <= 0:
-            return 0.0
-        fc, fm = c0 - h.used[0] - d[0], c1 - h.used[1] - d[1]
-        usable = min(fc, fm / rho)
-        return (fc - usable) / c0 + (fm - usable * rho) / c1
+    def consolidate_weight(self) -> float:
+        churn = self.churn if self.fixed_churn is None else self.fixed_churn
+        return min(1.0, max(0.0, churn) / self.CHURN_FULL)
+
+    def describe(self) -> str:
+        g = self.consolidate_weight()
+        churn = self.churn if self.fixed_churn is None else self.fixed_churn
+        return (f"churn {churn:.2f} (departures / arrivals, recent): consolidate x{g:.2f}, align x{1 - g:.2f}; "
+                f"workload ratio {self._ratio() / 1024:.2f} GiB per vCPU")
+
+    @staticmethod
+    def _stranded(h: HostState, f0: float, f1: float, rho: float) -> float:
+        usable = f0 if f0 < f1 / rho else f1 / rho
+        return (f0 - usable) / h.cap[0] + (f1 - usable * rho) / h.cap[1]
 
     def breakdown(self, h: HostState, d: list[float], req: Request) -> dict[str, float]:
-        u0, u1 = _after(h, d)
-        rho = self._ratio()
-        strand = self._stranded(h, d, rho)
-        if self.delta:
-            strand -= self._stranded(h, [0.0] * len(d), rho)
-        out = {"fill": (u0 + u1) * 50, "stranding": -strand * self.strand_weight,
-               "age": -self.age_weight * h.index / max(1, self.pool_size)}
-        if self.lifetime_weight and req.departure is not None and h.residents:
-            end = max((r.departure for r in h.residents.values() if r.departure is not None), default=None)
-            if end is not None and req.departure > end:
-                out["lifetime"] = -min(1.0, (req.departure - end) / self.day) * self.lifetime_weight
+        c0, c1 = h.cap[0], h.cap[1]
+        if c0 <= 0 or c1 <= 0:
+            return {"fill": 0.0}
+        g = self.consolidate_weight()
+        f0, f1 = c0 - h.used[0], c1 - h.used[1]
+        a0, a1 = f0 - d[0], f1 - d[1]
+        fill = ((c0 - a0) / c0 + (c1 - a1) / c1) * 50
+        out = {"fill": fill * (g + (1 - g) * self.align_fill)}
+        if g > 0:
+            rho = self._ratio()
+            if rho > 0:
+                out["stranding"] = -g * self.strand_weight * (self._stranded(h, a0, a1, rho)
+                                                              - self._stranded(h, f0, f1, rho))
+            out["age"] = -g * self.age_weight * h.index / max(1, self.pool_size)
+            if self.lifetime_weight and req.departure is not None and h.residents:
+                end = max((r.departure for r in h.residents.values() if r.departure is not None), default=None)
+                if end is not None and req.departure > end:
+                    out["lifetime"] = -g * min(1.0, (req.departure - end) / self.day) * self.lifetime_weight
+        if g < 1:
+            out["alignment"] = (1 - g) * self.align_weight * _cosine(f0 / c0, f1 / c1, d[0] / c0, d[1] / c1)
         return out
 
     def rank(self, cands: list[HostState], d: list[float], req: Request) -> list[float]:
         self.seen_cpu += d[0]
         self.seen_mem += d[1]
-        if self.lifetime_weight and req.departure is not None:
+        if self.lifetime_weight and req.departure is not None and self.consolidate_weight() > 0:
             return [sum(self.breakdown(h, d, req).values()) for h in cands]
         # the hot path of the default policy: breakdown() inlined, no dicts
-        rho = self._ratio()
-        d0, d1, w, delta = d[0], d[1], self.strand_weight, self.delta
-        age = self.age_weight / max(1, self.pool_size)
+        g = self.consolidate_weight()
+        rho = self._ratio() if g > 0 else 0.0
+        d0, d1 = d[0], d[1]
+        wf = 50 * (g + (1 - g) * self.align_fill)
+        ws, wa = g * self.strand_weight, (1 - g) * self.align_weight
+        age = g * self.age_weight / max(1, self.pool_size)
+        dn = math.hypot(d0, d1)
         out = []
         for h in cands:
             c0, c1 = h.cap[0], h.cap[1]
@@ -189,20 +224,29 @@ class Virtkit(Policy):
                 out.append(sum(self.breakdown(h, d, req).values()))
                 continue
             f0, f1 = c0 - h.used[0], c1 - h.used[1]
-            s = ((c0 - f0 + d0) / c0 + (c1 - f1 + d1) / c1) * 50 - age * h.index
+            a0, a1 = f0 - d0, f1 - d1
+            s = ((c0 - a0) / c0 + (c1 - a1) / c1) * wf
+            if age:
+                s -= age * h.index
             if rho > 0:
-                a0, a1 = f0 - d0, f1 - d1
                 usable = a0 if a0 < a1 / rho else a1 / rho
                 strand = (a0 - usable) / c0 + (a1 - usable * rho) / c1
-                if delta:
-                    usable = f0 if f0 < f1 / rho else f1 / rho
-                    strand -= (f0 - usable) / c0 + (f1 - usable * rho) / c1
-                s -= strand * w
+                usable = f0 if f0 < f1 / rho else f1 / rho
+                strand -= (f0 - usable) / c0 + (f1 - usable * rho) / c1
+                s -= strand * ws
+            if wa and dn:
+                s += wa * _cosine(f0 / c0, f1 / c1, d0 / c0, d1 / c1)
             out.append(s)
         return out
 
     def score(self, h: HostState, d: list[float], req: Request) -> float:
         return sum(self.breakdown(h, d, req).values())
+
+
+def _cosine(x0: float, x1: float, y0: float, y1: float) -> float:
+    """cos of the angle between (x0, x1) and (y0, y1); 0 when either is zero."""
+    n = math.hypot(x0, x1) * math.hypot(y0, y1)
+    return (x0 * y0 + x1 * y1) / n if n > 0 else 0.0
 
 
 POLICIES: dict[str, type[Policy]] = {

@@ -21,8 +21,10 @@ def replay(
 ) -> dict[str, str | None]:
     """Place every request; answers id -> host (None: rejected, or evicted by preemption before its end).
 
-    Timed: departures at time t are processed before arrivals at t; requests arriving at the same time
-    form one batch when batch=True. Untimed: one batch of everything, or file order.
+    Timed: departures at time t are processed before arrivals at t (except those of requests that arrived
+    at t too: a zero-length request holds its capacity until the next time, so a checker that counts it at
+    its instant finds no excess either); requests arriving at the same time form one batch when batch=True.
+    Untimed: one batch of everything, or file order.
     stop_before: stop just before placing that request (explain replays the state it would meet).
     observe(t, s) is called after each group of arrivals (the benchmark samples state with it).
     """
@@ -36,10 +38,10 @@ def replay(
             groups = [(t, list(g)) for t, g in groupby(order, key=lambda r: r.arrival or 0.0)]
         else:
             groups = [(r.arrival or 0.0, [r]) for r in order]
-    departures: list[tuple[float, int, str]] = []
+    departures: list[tuple[float, bool, int, str]] = []  # (time, zero-length, file order, id)
     for t, group in groups:
-        while departures and departures[0][0] <= t:
-            _, _, rid = heapq.heappop(departures)
+        while departures and (departures[0][0] < t or departures[0][0] == t and not departures[0][1]):
+            rid = heapq.heappop(departures)[3]
             if rid in s.where:
                 s.release(rid)
         if stop_before is not None:
@@ -59,7 +61,7 @@ def replay(
     return result
 
 
-def _place_one(s: Scheduler, r: Request, result: dict[str, str | None], departures: list[tuple[float, int, str]],
+def _place_one(s: Scheduler, r: Request, result: dict[str, str | None], departures: list[tuple[float, bool, int, str]],
                seq: dict[str, int], timed: bool) -> None:
     d = s.schedule(r)
     result[r.id] = d.host
@@ -67,10 +69,10 @@ def _place_one(s: Scheduler, r: Request, result: dict[str, str | None], departur
 
 
 def _after_bind(s: Scheduler, rid: str, host: str | None, victims: list[str], result: dict[str, str | None],
-                departures: list[tuple[float, int, str]], seq: dict[str, int], timed: bool) -> None:
+                departures: list[tuple[float, bool, int, str]], seq: dict[str, int], timed: bool) -> None:
     for v in victims:
         result[v] = None
     if host is not None and timed:
-        dep = s.where[rid].residents[rid].departure
-        if dep is not None:
-            heapq.heappush(departures, (dep, seq[rid], rid))
+        r = s.where[rid].residents[rid]
+        if r.departure is not None:
+            heapq.heappush(departures, (r.departure, r.departure == r.arrival, seq[rid], rid))
