@@ -41,7 +41,7 @@ sys.path.insert(0, str(BENCH))
 if str(REPO) not in sys.path:
     sys.path.insert(1, str(REPO))
 
-from lib import common, procmem
+from lib import common, procmem  # noqa: E402 - after the sys.path setup above
 
 PARTS = ("cycle", "sdk", "cli", "memory")
 PODMAN_IMAGE = "localhost/vkbench-busybox"
@@ -629,7 +629,8 @@ def table(results: dict[str, Any]) -> list[str]:
             vk, pm = m.get("virtkit", {}), m.get("podman", {})
             cells = [f"memory (PSS KiB per idle container, N={m['idle_containers']})", "virtkit (+supervisor)",
                      _fmt(vk.get("per_container_pss_kib", "failed")), "", "", "podman (crun+conmon)",
-                     _fmt(pm.get("per_container_pss_kib", "failed")), "", "", _fmt(m.get("ratio_pss_virtkit/podman"), digits=2),
+                     _fmt(pm.get("per_container_pss_kib", "failed")), "", "",
+                     _fmt(m.get("ratio_pss_virtkit/podman"), digits=2),
                      "", m["goal"]["text"].split(" (")[0], _fmt(m["goal"]["met"])]
             rows.append("| " + " | ".join(cells) + " |")
     return rows
