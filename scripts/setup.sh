@@ -10,9 +10,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # busybox-static: the busybox image and runtime tests; gcc + libc6-dev: static probe programs of the escape
-# tests; podman: the compatibility test drives virtkit-runtime through it; mmdebstrap: debian images
+# tests; podman: the compatibility test drives virtkit-runtime through it; mmdebstrap: debian images;
+# qemu-utils: qemu-img, which makes the VM disk overlays; zstd: compresses VM snapshots' memory
 PKGS=(python3 python3-venv python3-dev gcc libc6-dev busybox-static libseccomp2 iproute2 procps util-linux
-      e2fsprogs ca-certificates dpkg-dev podman netavark mmdebstrap skopeo qemu-system-x86 nftables)
+      e2fsprogs ca-certificates dpkg-dev podman netavark mmdebstrap skopeo qemu-system-x86 qemu-utils zstd nftables)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

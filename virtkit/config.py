@@ -43,6 +43,11 @@ class Home:
         return os.path.join(self.root, "images")
 
     @property
+    def vm_disks(self) -> str:
+        """Base disks of VM images, one per image digest (storage/vm_disks.py)."""
+        return os.path.join(self.root, "vmdisks")
+
+    @property
     def containers(self) -> str:
         return os.path.join(self.root, "containers")
 

@@ -121,8 +121,10 @@ def test_bad_input_through_the_cli_leaves_nothing(vk_home: str, client, name: st
     assert image_names(vk_home) == before
     r = vk(vk_home, "image", "export", "busybox", str(work / "x.tar"), "--format", "zip")
     assert r.returncode == 2 and b"invalid choice" in r.stderr
-    r = vk(vk_home, "image", "build", "debian", "--vm")
-    assert r.returncode != 0 and b"not yet supported" in r.stderr
+    r = vk(vk_home, "image", "build", "debian", "--vm", "--release", "hamm")
+    assert r.returncode == 2 and b"release: 'hamm'" in r.stderr and b"Traceback" not in r.stderr
+    r = vk(vk_home, "image", "build", "busybox", "--vm")
+    assert r.returncode == 2 and b"apply to debian" in r.stderr
     r = vk(vk_home, "image", "build", "debian", "--release", "hamm")
     assert r.returncode == 2 and b"release: 'hamm'" in r.stderr
     r = vk(vk_home, "image", "build", "debian", "--packages", "Bad_Pkg")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 
@@ -64,4 +65,36 @@ def test_container_and_vm_on_one_network_reach_each_other(vk_home, client, name)
         assert r.returncode == 0 and b"served-by-vm" in r.stdout, (r.stdout, r.stderr)
     finally:
         vk(vk_home, "rm", "-f", name, name + "-vm")
+        vk(vk_home, "network", "rm", net)
+
+
+def test_two_vms_and_a_container_on_one_network_reach_each_other(vk_home, client, name):
+    net = f"n{name[-6:]}"
+    names = [name + "-c", name + "-vm1", name + "-vm2"]
+    fetch = "for i in $(seq 120); do wget -qO- http://{0}/ 2>/dev/null && break; sleep 0.5; done"
+    serve = "mkdir -p /www; echo {0} > /www/index.html; httpd -p 80 -h /www; "
+    assert vk(vk_home, "network", "create", net).returncode == 0
+    try:
+        client.run("busybox", ["sh", "-c", serve.format("from-container") + "exec sleep 600"],
+                   detach=True, name=names[0], network=net)
+        c_addr = client.instance(names[0])["spec"]["net"]["address"]
+        client.run("busybox", ["sh", "-c", serve.format("from-vm1") + "echo vm1 got $(" + fetch.format(c_addr) + ")"
+                               + "; exec sleep 600"], detach=True, name=names[1], type="vm", network=net)
+        vm1_addr = client.instance(names[1])["spec"]["net"]["address"]
+        client.run("busybox", ["sh", "-c", serve.format("from-vm2") + "echo vm2 got $(" + fetch.format(c_addr)
+                               + ") $(" + fetch.format(vm1_addr) + "); exec sleep 600"],
+                   detach=True, name=names[2], type="vm", network=net)
+        vm2_addr = client.instance(names[2])["spec"]["net"]["address"]
+        r = vk(vk_home, "run", "--rm", "--network", net, "busybox", "--", "sh", "-c",
+               f"echo $({fetch.format(vm1_addr)}) $({fetch.format(vm2_addr)})", timeout=120)
+        assert r.returncode == 0 and r.stdout.decode().split() == ["from-vm1", "from-vm2"], (r.stdout, r.stderr)
+        deadline = time.monotonic() + 90
+        while True:
+            logs = vk(vk_home, "logs", names[1]).stdout + vk(vk_home, "logs", names[2]).stdout
+            if b"vm1 got" in logs and b"vm2 got" in logs or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert b"vm1 got from-container" in logs and b"vm2 got from-container from-vm1" in logs, logs
+    finally:
+        vk(vk_home, "rm", "-f", *names)
         vk(vk_home, "network", "rm", net)

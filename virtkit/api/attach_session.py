@@ -1,8 +1,9 @@
 """Attaching to an instance over a WebSocket: its output from the log as it comes, input into its stdin (or terminal).
 
 What `virtkit run -i/-t` speaks (the SDK's client/attach.py). Wire protocol:
-  client -> server  text  {"start": bool, "stdin": bool, "logs": bool}   (first message; start: start the instance
-                    first; logs (default true): its output from the start of the log, else only what comes next)
+  client -> server  text  {"start": bool, "stdin": bool, "logs": bool, "console": bool}   (first message; start:
+                    start the instance first; logs (default true): its output from the start of the log, else only
+                    what comes next; console: a VM's serial console, see below)
   client -> server  bytes stdin data;  text {"eof": true} ends stdin;  text {"resize": [rows, cols]}
   server -> client  bytes b"\\x01"+data (stdout, or the terminal), b"\\x02"+data (stderr)
   server -> client  text  {"exit_code": N, "reason": ...}  or  {"error": code, "message": ...}   (last message)
@@ -11,6 +12,10 @@ Output comes from the instance's log (from its start), so nothing is missed and 
 goes through a copy of the stdin pipe (or the terminal's master) that the supervisor holds for the instance's life.
 Ending stdin (or leaving) closes the instance's stdin, as `docker run -i` does (Docker's StdinOnce); with a
 terminal it types ^D instead.
+
+A console session (`virtkit console`, VMs only) reads the console log raw (kernel lines, prompts without a newline
+and the guest terminal's \r\n as they are) and writes to the serial console's input, whatever -i the VM was made
+with; leaving it, or ending its stdin, leaves the console as it was (it is the guest's, not the session's).
 """
 
 from __future__ import annotations
@@ -79,13 +84,15 @@ async def run_attach(ws: WebSocket, ctx: Any, name: str) -> None:
     held: list[str] = []
     stdin = _Stdin(None)
     inst: Any = None
+    console = False
 
     async def finish() -> None:
         """Stdin closed, hold dropped (an --rm instance that stopped goes now): before the client hears the end."""
         if stdin.fd is not None:
             stdin.close()
-            with contextlib.suppress(VirtkitError):
-                await asyncio.to_thread(svc.close_stdin, inst.id)
+            if not console:
+                with contextlib.suppress(VirtkitError):
+                    await asyncio.to_thread(svc.close_stdin, inst.id)
         if held:
             await asyncio.to_thread(_release, svc, held.pop())
 
@@ -95,21 +102,29 @@ async def run_attach(ws: WebSocket, ctx: Any, name: str) -> None:
         except (ValueError, KeyError) as exc:
             raise InvalidArgument("attach: the first message must be a JSON request") from exc
         inst = svc.get(name)
+        console = bool(req.get("console"))
         svc.hold(inst.id)
         held.append(inst.id)
         if req.get("start"):
             await asyncio.to_thread(svc.start, inst.id)
         # before stdin opens: the output to what the client types next must not fall before where reading starts
         gone = threading.Event()
-        frames = ctx.follow_log(inst.id, True, tail=None if req.get("logs", True) else 0, cancelled=gone.is_set)
-        if req.get("stdin"):
+        frames = ctx.follow_log(inst.id, True, tail=None if req.get("logs", True) else 0, cancelled=gone.is_set,
+                                raw=console)
+        if console and inst.type != "vm":
+            raise InvalidArgument(f"console: {inst.type} instances have no serial console (use `virtkit attach "
+                                  f"{inst.name}` or `virtkit exec -it {inst.name} sh`)")
+        if console:
+            if req.get("stdin"):
+                stdin.fd = await asyncio.to_thread(svc.open_console, inst.id)
+        elif req.get("stdin"):
             try:
                 stdin.fd = svc.open_stdin(inst.id)
             except InvalidState:
                 if not req.get("start"):
                     raise
                 # it has run and ended already (a quick command): nothing to type into, its output still comes
-        status = await _relay(ws, frames, gone, ctx, inst, stdin)
+        status = await _relay(ws, frames, gone, ctx, inst, stdin, console)
         await finish()
         with contextlib.suppress(Exception):
             await ws.send_text(json.dumps(status))
@@ -137,7 +152,7 @@ def _release(svc: Any, instance_id: str) -> None:
 
 
 async def _relay(ws: WebSocket, frames: Iterator[bytes], gone: threading.Event, ctx: Any, inst: Any,
-                 stdin: _Stdin) -> dict[str, Any]:
+                 stdin: _Stdin, console: bool = False) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     out: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
     tty = bool(inst.spec.get("tty"))
@@ -169,7 +184,9 @@ async def _relay(ws: WebSocket, frames: Iterator[bytes], gone: threading.Event, 
                 if "resize" in ctl and tty:
                     stdin.resize(ctl["resize"])
                 elif ctl.get("eof") and stdin.fd is not None:
-                    if tty:
+                    if console:
+                        stdin.close()
+                    elif tty:
                         await asyncio.to_thread(stdin.write, b"\x04")
                     else:
                         stdin.close()

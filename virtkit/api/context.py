@@ -53,6 +53,10 @@ class Context:
         for path in unknown:
             print(f"virtkitd: {path} is not a recorded volume; left as it is", file=sys.stderr, flush=True)
         self.snapshots.cleanup()
+        from virtkit.storage.vm_disks import BaseDisks
+
+        # VM base disks are cached per image digest: they go when their image does
+        self.images.add_gc_hook(BaseDisks(home.vm_disks).collect)
 
     def _wire_networks(self, home: Home) -> None:
         """Networks (the default one made on first start), bridges and rules rebuilt from the store."""

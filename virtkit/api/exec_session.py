@@ -45,7 +45,9 @@ async def run_exec(ws: WebSocket, ctx: Any, name: str) -> None:
 
 
 async def _exec_pipes(ws: WebSocket, ctx: Any, name: str, req: dict[str, Any]) -> int:
-    argv = ctx.instances.exec_argv(name, req.get("command") or [], tty=False, env=req.get("env"))
+    # in a thread: a VM's exec_argv waits for its guest agent to answer (seconds while the VM boots)
+    argv = await asyncio.to_thread(ctx.instances.exec_argv, name, req.get("command") or [], tty=False,
+                                   env=req.get("env"))
     interactive = bool(req.get("interactive"))
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE if interactive else asyncio.subprocess.DEVNULL,

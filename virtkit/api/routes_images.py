@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from virtkit.core.errors import InUse, InvalidArgument, Unsupported, VirtkitError
+from virtkit.core.errors import InUse, InvalidArgument, VirtkitError
 
 router = APIRouter()
 
@@ -66,8 +66,9 @@ def build_image(request: Request, body: dict[str, Any]) -> StreamingResponse:
     elif kind == "debian":
         from virtkit.images.debian import build_debian, check_inputs
 
-        if body.get("vm"):
-            raise Unsupported("image build debian --vm (kernel and initramfs for VMs) is not yet supported")
+        vm = body.get("vm") or False
+        if not isinstance(vm, bool):
+            raise InvalidArgument("vm: must be true or false")
         release = _str_field(body, "release") or "bookworm"
         packages = body.get("packages") or []
         if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
@@ -82,7 +83,7 @@ def build_image(request: Request, body: dict[str, Any]) -> StreamingResponse:
             normalize_name(name)
 
         def job(say: Callable[[str], None]) -> Any:
-            return build_debian(ctx.images, name, release=release, packages=packages, layers=layers,
+            return build_debian(ctx.images, name, release=release, packages=packages, layers=layers, vm=vm,
                                 no_cache=bool(body.get("no_cache")), progress=say)
     else:
         raise InvalidArgument(f"kind: unknown image kind {kind!r} (known: {', '.join(BUILD_KINDS)})")

@@ -20,7 +20,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--release", help="debian: the release (default bookworm)")
     b.add_argument("--packages", default="", help="debian: packages to add to minbase, comma-separated")
     b.add_argument("--layers", type=int, help="debian: split the rootfs into this many layers (1-4, default 1)")
-    b.add_argument("--vm", action="store_true", help="debian: add a kernel and initramfs for VMs (not yet)")
+    b.add_argument("--vm", action="store_true", help="debian: one more layer for VMs: cloud kernel, initramfs with"
+                   " the virtio drivers, systemd, qemu-guest-agent, serial console")
     b.add_argument("--no-cache", action="store_true", help="debian: rebuild even when a build of the same"
                    " inputs is cached")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")

@@ -38,7 +38,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel, "engine": a.engine,
         "kernel": os.path.abspath(a.kernel) if a.kernel else None, "kernel_format": a.kernel_format,
         "memory_swappiness": a.memory_swappiness, "oom_kill_disable": a.oom_kill_disable or None,
-        "cpu_weight": a.cpu_weight, "cpuset_cpus": a.cpuset_cpus,
+        "cpu_weight": a.cpu_weight, "cpuset_cpus": a.cpuset_cpus, "disk_size": a.disk_size,
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:

@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "--kernel-format)")
     r.add_argument("--kernel-format", choices=["auto", "bzimage", "elf", "flat"],
                    help="native engine: how to boot --kernel (default auto; flat: raw 64-bit code at 0x100000)")
+    r.add_argument("--disk-size", help="VM root disk size, e.g. 4G (default: the image's disk, at least 1G)")
     r.add_argument("--network", "--net", help="network to attach to (default: default; none: loopback only)")
     r.add_argument("--ip", help="static address on the network")
     r.add_argument("-p", "--publish", action="append", default=[], help="[IP:]HOSTPORT:PORT[/tcp|udp]")

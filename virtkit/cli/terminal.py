@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import termios
 import tty
 from typing import Any
@@ -95,8 +96,45 @@ def attach(client: Client, name: str, *, stdin: bool) -> dict[str, Any]:
     return _with_terminal(session, interactive=interactive, terminal=bool(spec.get("tty")), resize_at_start=True)
 
 
+DETACH_KEY = b"\x1d"     # Ctrl-]: leaves `virtkit console`, as it leaves virsh console and telnet
+
+
+def console(client: Client, name: str, *, stdin: bool, logs: bool) -> dict[str, Any]:
+    """`virtkit console`: a VM's serial console on our terminal (raw: the guest's terminal echoes and edits), our
+    keys to it; Ctrl-] on a terminal detaches and leaves the VM running. From a pipe, every byte goes to the VM."""
+    on_tty = stdin and os.isatty(0)
+    state: dict[str, Any] = {"detached": False}
+    if on_tty:
+        print(f"Connected to {name} (detach with Ctrl-])", file=sys.stderr, flush=True)
+
+    def chunks() -> Any:
+        for data in _stdin_chunks():
+            if on_tty and DETACH_KEY in data:
+                before = data.split(DETACH_KEY, 1)[0]
+                if before:
+                    yield before
+                state["detached"] = True
+                if state.get("ws") is not None:
+                    state["ws"].close()
+                return
+            yield data
+
+    def session(stdin_chunks: Any, on_session: Any) -> dict[str, Any]:
+        def keep(ws: Any) -> None:
+            state["ws"] = ws
+            on_session(ws)
+
+        return client.console(name, write_out, stdin=stdin_chunks, logs=logs, on_session=keep,
+                              detached=lambda: bool(state["detached"]))
+
+    status = _with_terminal(session, interactive=stdin, terminal=True, chunks=chunks)
+    if on_tty:
+        print(f"\r\nDetached from {name}" if state["detached"] else "", file=sys.stderr, flush=True)
+    return status
+
+
 def _with_terminal(session: Any, *, interactive: bool, terminal: bool,
-                   resize_at_start: bool = False) -> dict[str, Any]:
+                   resize_at_start: bool = False, chunks: Any = None) -> dict[str, Any]:
     """Run `session(stdin chunks or None, on_session)` with our terminal raw (-i with -t on a tty) and window-size
     changes sent as they happen; the terminal is restored whatever happens."""
     raw = terminal and interactive and os.isatty(0)
@@ -118,7 +156,7 @@ def _with_terminal(session: Any, *, interactive: bool, terminal: bool,
         tty.setraw(0)
         signal.signal(signal.SIGWINCH, send_size)
     try:
-        return dict(session(_stdin_chunks() if interactive else None, on_session))
+        return dict(session((chunks or _stdin_chunks)() if interactive else None, on_session))
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)

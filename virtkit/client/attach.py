@@ -13,8 +13,12 @@ from virtkit.core.errors import DaemonUnavailable, from_dict
 
 def attach_session(socket_path: str, name: str, *, start: bool, stdin: Iterator[bytes] | None,
                    on_stdout: Callable[[bytes], None] | None, on_stderr: Callable[[bytes], None] | None,
-                   on_session: Callable[[Any], None] | None = None, logs: bool = True) -> dict[str, Any]:
-    """Stream the instance's output (and feed `stdin`) until it stops; returns {"exit_code", "reason"}."""
+                   on_session: Callable[[Any], None] | None = None, logs: bool = True, console: bool = False,
+                   detached: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Stream the instance's output (and feed `stdin`) until it stops; returns {"exit_code", "reason"}.
+
+    console: a VM's serial console (raw output; `stdin` to the console). The caller may leave early by closing the
+    session (on_session gives it) once `detached()` says so: then {"exit_code": None, "reason": "detached"}."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import unix_connect
 
@@ -24,7 +28,7 @@ def attach_session(socket_path: str, name: str, *, start: bool, stdin: Iterator[
     except OSError as exc:
         raise DaemonUnavailable(f"virtkitd not reachable at {socket_path}: {exc}") from exc
     with ws:
-        ws.send(json.dumps({"start": start, "stdin": stdin is not None, "logs": logs}))
+        ws.send(json.dumps({"start": start, "stdin": stdin is not None, "logs": logs, "console": console}))
         if on_session:
             on_session(ws)
         if stdin is not None:
@@ -41,6 +45,8 @@ def attach_session(socket_path: str, name: str, *, start: bool, stdin: Iterator[
             try:
                 msg = ws.recv()
             except ConnectionClosed as exc:
+                if detached is not None and detached():
+                    return {"exit_code": None, "reason": "detached"}
                 raise DaemonUnavailable("attach: the daemon closed the session without an exit status") from exc
             if isinstance(msg, bytes):
                 handler = on_stdout if msg[:1] == b"\x01" else on_stderr

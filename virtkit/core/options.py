@@ -104,7 +104,7 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     if itype == "vm":
         spec.update(validate_vm_options(req))
     else:
-        for key in ("engine", "kernel_format"):
+        for key in ("engine", "kernel_format", "disk_size"):
             if req.get(key) is not None:
                 raise InvalidArgument(f"{key}: only for VMs (--vm)")
     spec.update(validate_network_options(req))
@@ -238,10 +238,35 @@ def validate_vm_options(req: dict[str, Any]) -> dict[str, Any]:
     if engine == "native":
         out["kernel_format"] = fmt or "auto"
         require_kvm()
-    for key in ("volumes", "cap_add", "cap_drop", "pids", "workdir", "memory_swappiness", "oom_kill_disable",
+    out.update(_vm_disk_options(req, engine))
+    for key in ("cap_add", "cap_drop", "pids", "workdir", "memory_swappiness", "oom_kill_disable",
                 "interactive", "tty"):
         if req.get(key):
             raise InvalidArgument(f"{key}: not supported for VMs yet")
+    return out
+
+
+MAX_DISK_SIZE = 16 << 40          # the largest ext4 image file a host ext4 holds
+
+
+def _vm_disk_options(req: dict[str, Any], engine: str) -> dict[str, Any]:
+    """--disk-size of the VM's root disk, and its volumes: named ones only, each attached as a disk (the engine
+    checks the size against the image's disk; the volume service that each is an ext4 volume)."""
+    out: dict[str, Any] = {}
+    if req.get("disk_size") is not None:
+        if engine != "qemu":
+            raise InvalidArgument("disk_size: only for the qemu engine")
+        size = parse_size(req["disk_size"], "disk_size")
+        if not 0 < size <= MAX_DISK_SIZE:
+            raise InvalidArgument(f"disk_size: must be between 1M and 16T (got {req['disk_size']!r})")
+        out["disk_size"] = (size + (1 << 20) - 1) // (1 << 20) << 20        # whole MiB: qemu-img and resize2fs
+    for v in req.get("volumes") or []:
+        vol = parse_volume(v)
+        if engine != "qemu":
+            raise InvalidArgument("volumes: not supported for VMs of the native engine yet")
+        if not vol.get("volume"):
+            raise InvalidArgument(f"volume: {vol['source']!r}: a host directory is not supported for VMs (a VM "
+                                  "takes named ext4 volumes, as disks: virtkit volume create NAME --size 1G)")
     return out
 
 

@@ -4,6 +4,8 @@ Policy lives here, files in `storage.volumes`. An ext4 volume is mounted on the 
 that refers to it exists (from that instance's create to its rm): create and rm are explicit daemon
 operations, so the count is exact without watching processes exit, and a volume no instance refers to
 holds no mount and no loop device. A start re-mounts it if the host lost the mount (a reboot).
+A VM takes an ext4 volume as a disk instead (QEMU opens its image file): never mounted on the host
+then, and used by no other instance meanwhile.
 """
 
 from __future__ import annotations
@@ -150,6 +152,10 @@ class VolumeService:
                     name = vol_spec.get("volume")
                     if not name:
                         continue
+                    if instance.type == "vm":
+                        vol_spec.update(self._as_disk(instance, name))
+                        continue
+                    self._refuse_vm_users(name)
                     try:
                         vol = self.store.get_volume(name)
                     except NotFound:
@@ -163,6 +169,29 @@ class VolumeService:
                 raise
         return lambda: self._undo(instance, created)
 
+    def _as_disk(self, instance: Instance, name: str) -> dict[str, Any]:
+        """A VM takes an ext4 volume as a disk: its image file, used by nothing else meanwhile (two kernels
+        writing one ext4 corrupt it), so it is neither mounted on the host nor shared with other instances."""
+        try:
+            vol = self.store.get_volume(name)
+        except NotFound:
+            raise NotFound(f"volume '{name}' does not exist; a VM takes an ext4 volume as a disk: "
+                           f"virtkit volume create {name} --size 1G") from None
+        if vol.driver != "ext4":
+            raise InvalidArgument(f"volume: '{name}' is a directory volume; a VM takes ext4 volumes only, as "
+                                  "disks (virtkit volume create NAME --size 1G)")
+        users = self.users(name, exclude=instance.id)
+        if users:
+            raise InUse(f"volume '{name}' is in use by instance(s) {', '.join(i.name for i in users)}; "
+                        "a VM needs the volume to itself")
+        self.files.unmount(name)
+        return {"image": self.files.image_path(name), "source": None}
+
+    def _refuse_vm_users(self, name: str) -> None:
+        vms = [i.name for i in self.users(name) if i.type == "vm"]
+        if vms:
+            raise InUse(f"volume '{name}' is a disk of VM(s) {', '.join(vms)}; a VM has its volumes to itself")
+
     def _undo(self, instance: Instance, created: builtins.list[str]) -> None:
         with self._lock:
             self.release(instance)
@@ -172,6 +201,8 @@ class VolumeService:
                     self.files.remove(name)
 
     def starting(self, instance: Instance) -> None:
+        if instance.type == "vm":
+            return                  # its volumes are its disks: QEMU opens their files
         with self._lock:
             for name in named_volumes(instance):
                 vol = self.store.get_volume(name)

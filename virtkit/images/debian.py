@@ -5,7 +5,8 @@ digests as long as the registry serves the same package versions: what differs f
 caches and lists, *-old backups, the host's hostname and resolv.conf, shadow's "last changed" day, device
 nodes) is removed or normalised, and the layer tars are written sorted, with numeric owners only and every
 mtime clamped to the image's epoch (SOURCE_DATE_EPOCH, or the newest packaged file under /usr/share/doc).
-Results are cached by those inputs: a repeated build names the already stored image at once.
+Results are cached by those inputs: a repeated build names the already stored image at once. With `vm`,
+debian_vm puts one layer for VMs (kernel, initramfs, systemd, guest agent) over these same base layers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from virtkit.core.errors import InvalidArgument, SystemFailure, Unsupported
 from ._fsutil import atomic_write, new_temp_name
 from .store import ImageInfo, ImageStore
 
-__all__ = ["RELEASES", "build_debian", "check_inputs", "normalise", "write_layers"]
+__all__ = ["RELEASES", "base_config", "build_base", "build_debian", "cached_manifest", "check_inputs", "input_key",
+           "normalise", "write_layers"]
 
 RELEASES = ("bullseye", "bookworm", "trixie", "sid", "oldstable", "stable", "testing", "unstable")
 BUILDER_VERSION = 1
@@ -45,50 +47,83 @@ _DROP_GLOBS = ("var/lib/dpkg/*-old", "var/cache/debconf/*-old")
 
 
 def build_debian(store: ImageStore, name: str | None = None, release: str = "bookworm",
-                 packages: Sequence[str] = (), arch: str = "amd64", layers: int = 1, no_cache: bool = False,
-                 progress: Callable[[str], None] | None = None) -> ImageInfo:
+                 packages: Sequence[str] = (), arch: str = "amd64", layers: int = 1, vm: bool = False,
+                 no_cache: bool = False, progress: Callable[[str], None] | None = None) -> ImageInfo:
+    """Build image `name` (default "debian"), or name the cached build of the same inputs at once.
+
+    `vm` puts one more layer on the very base layer(s) a plain build of the same inputs makes (so the two
+    images share those blobs): kernel, initramfs, systemd, guest agent; see debian_vm.
+    """
     say = progress or (lambda _m: None)
     release, pkgs = check_inputs(release, packages, arch, layers)
     name = name or "debian"
     if os.geteuid() != 0:
         raise Unsupported("image build debian: needs root (mmdebstrap --mode=root)")
-    version = _mmdebstrap_version()
-    epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
-    key_doc = {"builder": BUILDER_VERSION, "release": release, "packages": pkgs, "arch": arch, "layers": layers,
-               "mmdebstrap": version, "epoch": epoch_env}
-    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
-    cache_dir = store.cache / "debian"
-    cache_file = cache_dir / f"{key}.json"
-    if not no_cache and cache_file.is_file():
-        try:
-            digest = json.loads(cache_file.read_bytes())["manifest"]
-        except (ValueError, KeyError):
-            digest = None
-        if digest and (info := store.tag(name, digest)) is not None:
-            say(f"using the cached build of {release} {','.join(pkgs) or '(minbase)'} ({digest[7:19]})")
-            return info
+    base_doc = {"builder": BUILDER_VERSION, "release": release, "packages": pkgs, "arch": arch, "layers": layers,
+                "mmdebstrap": _mmdebstrap_version(), "epoch": os.environ.get("SOURCE_DATE_EPOCH")}
+    key_doc = base_doc
+    if vm:
+        from .debian_vm import vm_inputs
+
+        key_doc = {**base_doc, "vm": vm_inputs()}
+    cache_file = store.cache / "debian" / f"{input_key(key_doc)}.json"
+    if not no_cache and (digest := cached_manifest(cache_file)) and (info := store.tag(name, digest)) is not None:
+        say(f"using the cached build of {release} {','.join(pkgs) or '(minbase)'}{' --vm' if vm else ''}"
+            f" ({digest[7:19]})")
+        return info
     with tempfile.TemporaryDirectory(prefix=new_temp_name() + "-debian-", dir=store.tmp) as work:
-        rootfs = Path(work) / "rootfs"
-        _mmdebstrap(rootfs, release, pkgs, arch, say)
-        say("normalising the rootfs for a reproducible layer")
-        epoch = int(epoch_env) if epoch_env and epoch_env.isdigit() else _doc_epoch(rootfs)
-        normalise(rootfs, epoch)
-        say(f"writing {layers} layer tar(s)")
-        tars = write_layers(rootfs, Path(work), epoch, layers)
-        shutil.rmtree(rootfs, ignore_errors=True)
-        created = _rfc3339(epoch)
-        config = {
-            "architecture": arch, "os": "linux", "created": created,
-            "config": {"Env": [PATH_ENV], "Cmd": ["bash"], "WorkingDir": "/"},
-            "history": [{"created": created, "created_by": f"virtkit build debian {release} minbase"
-                         f" +{','.join(pkgs) or '-'} (mmdebstrap {version}), layer {i + 1}/{len(tars)}"}
-                        for i in range(len(tars))],
-        }
-        say(f"compressing and storing image {name}")
-        info = store.add_image(name, tars, config)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+        if vm:
+            from .debian_vm import build_vm_image
+
+            info = build_vm_image(store, name, Path(work), base_doc, no_cache, say)
+        else:
+            tars, epoch, _ = build_base(Path(work), base_doc, say)
+            say(f"compressing and storing image {name}")
+            info = store.add_image(name, tars, base_config(base_doc, epoch, len(tars)))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cache_file, json.dumps({"manifest": info.digest, "inputs": key_doc}).encode(), store.tmp)
     return info
+
+
+def input_key(doc: dict) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def cached_manifest(cache_file: Path) -> str | None:
+    """The manifest digest a cache entry names (its blobs may since have been collected: check)."""
+    try:
+        digest = json.loads(cache_file.read_bytes())["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def build_base(work: Path, doc: dict, say: Callable[[str], None],
+               keep_rootfs: bool = False) -> tuple[list[str | Path], int, Path]:
+    """mmdebstrap, normalise, write the layer tars into `work`: (tars lowest first, epoch, rootfs dir)."""
+    rootfs = work / "rootfs"
+    _mmdebstrap(rootfs, doc["release"], doc["packages"], doc["arch"], say)
+    say("normalising the rootfs for a reproducible layer")
+    epoch_env = doc["epoch"]
+    epoch = int(epoch_env) if epoch_env and epoch_env.isdigit() else _doc_epoch(rootfs)
+    normalise(rootfs, epoch)
+    say(f"writing {doc['layers']} layer tar(s)")
+    tars = write_layers(rootfs, work, epoch, doc["layers"])
+    if not keep_rootfs:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    return tars, epoch, rootfs
+
+
+def base_config(doc: dict, epoch: int, n_layers: int) -> dict:
+    created = _rfc3339(epoch)
+    return {
+        "architecture": doc["arch"], "os": "linux", "created": created,
+        "config": {"Env": [PATH_ENV], "Cmd": ["bash"], "WorkingDir": "/"},
+        "history": [{"created": created, "created_by": f"virtkit build debian {doc['release']} minbase"
+                     f" +{','.join(doc['packages']) or '-'} (mmdebstrap {doc['mmdebstrap']}),"
+                     f" layer {i + 1}/{n_layers}"}
+                    for i in range(n_layers)],
+    }
 
 
 def check_inputs(release: str, packages: Sequence[str], arch: str, layers: int) -> tuple[str, list[str]]:

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,9 @@ class ImageStore:
         self.tmp = self.root / "tmp"
         self.cache = self.root / "cache"
         self._lock_path = self.root / "lock"
+        # called after each collection with the manifest digests still in the index (what is cached per image
+        # elsewhere, such as VM base disks, goes with its image)
+        self._gc_hooks: builtins.list[Callable[[builtins.set[str]], object]] = []
         try:
             for d in (self.blobs, self.layers_dir, self.tmp):
                 d.mkdir(parents=True, exist_ok=True)
@@ -460,7 +463,16 @@ class ImageStore:
             freed["bytes"] += tree_size(trash)
             freed["layers"] += 1
             shutil.rmtree(trash, ignore_errors=True)
+        digests = {d["digest"] for d in self._read_index()}
+        for hook in self._gc_hooks:
+            hook(digests)
         return freed
+
+    def add_gc_hook(self, hook: Callable[[builtins.set[str]], object]) -> None:
+        """Call `hook(manifest digests kept)` after every collection from now on, and once now."""
+        with self._locked():
+            self._gc_hooks.append(hook)
+            hook({d["digest"] for d in self._read_index()})
 
 
 def _place_ref(entries: list[dict], ref: str, desc: dict) -> list[dict]:

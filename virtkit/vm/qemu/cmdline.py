@@ -27,6 +27,7 @@ class VmConfig:
     qmp_socket: str
     kernel_params: tuple[str, ...] = ()
     net: dict[str, str] | None = None          # {"tap": NAME, "mac": MAC} on a virtkit network
+    agent_socket: str | None = None            # the guest agent's virtio-serial port, as a unix socket server
 
 
 def qemu_binary() -> str:
@@ -67,6 +68,7 @@ def build_argv(cfg: VmConfig, binary: str | None = None) -> list[str]:
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off",
         *net_args(cfg.net),
+        *agent_args(cfg.agent_socket),
     ]
 
 
@@ -76,3 +78,18 @@ def net_args(net: dict[str, str] | None) -> list[str]:
         return []
     return ["-netdev", f"tap,id=net0,ifname={net['tap']},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=net0,mac={net['mac']}"]
+
+
+# the name qemu-guest-agent looks for; vkagent looks for it too
+AGENT_PORT_NAME = "org.qemu.guest_agent.0"
+
+
+def agent_args(socket_path: str | None) -> list[str]:
+    """A virtio-serial device (virtio-mmio on microvm) with the agent's port on a unix socket chardev.
+
+    wait=off: QEMU starts without a client; the host side connects per transaction (vm/qemu/agent.py)."""
+    if not socket_path:
+        return []
+    return ["-device", "virtio-serial-device,id=vser0",
+            "-chardev", f"socket,id=qga0,path={socket_path},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={AGENT_PORT_NAME}"]

@@ -11,9 +11,10 @@ Instance spec keys read (all optional):
   kernel    absolute path of a kernel to boot instead of Debian's cloud kernel: an ELF vmlinux with a PVH note,
             or a bzImage to extract it from (its drivers must be built in: no modules are loaded for it)
   accel     "auto" (default) | "kvm" | "tcg"; a kvm that cannot work here is an InvalidArgument
+  disk_size, volumes   the root disk's size and volume disks: vm/qemu/disks.py (snapshots: vm/qemu/snapshot.py)
 
 Boot files under $VIRTKIT_HOME/vms/<id>/: vmlinux + initramfs.cpio (hard links into the kernel cache).
-The QMP socket is $VIRTKIT_HOME/run/qmp-<id[:16]>.sock.
+The QMP socket is $VIRTKIT_HOME/run/qmp-<id[:16]>.sock. exec (guest agent) and console input: vm/qemu/access.py.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from virtkit.core.models import Instance
 from virtkit.vm.process import VmProcessDriver, link_or_copy
 from virtkit.vm.qemu import accel as accel_mod
 from virtkit.vm.qemu import qmp
+from virtkit.vm.qemu.access import GuestAccess
 from virtkit.vm.qemu.cmdline import VmConfig, build_argv, qemu_binary
+from virtkit.vm.qemu.disks import VmDisks
+from virtkit.vm.qemu.snapshot import VmSnapshots
 
 log = logging.getLogger(__name__)
 
 
-class QemuDriver(VmProcessDriver):
+class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
     process_name = "QEMU"
     stop_reason = "stopped by ACPI powerdown"
 
@@ -56,6 +60,7 @@ class QemuDriver(VmProcessDriver):
             from virtkit.vm.qemu.kernel import check_kernel_file
 
             check_kernel_file(kernel)
+        plan.update(self._plan_disks(instance, plan))      # last: it may build the image's base disk
         return {**plan, "accel": chosen.name, "accel_reason": chosen.reason, "kernel": kernel}
 
     def _check_host(self) -> None:
@@ -64,18 +69,27 @@ class QemuDriver(VmProcessDriver):
     def _install_boot_files(self, plan: dict[str, Any], default: tuple[Any, str] | None,
                             vdir: str) -> dict[str, Any]:
         """vmlinux (a user's bzImage is unpacked: microvm boots only the ELF) and initramfs.cpio."""
-        from virtkit.vm.qemu import initramfs, kernel
+        from virtkit.vm.qemu import initramfs, kernel, vkagent
 
         vmlinux = os.path.join(vdir, "vmlinux")
         if default is None:
             self._custom_kernel(plan["kernel"], vmlinux)
             kern = kernel.Kernel(release="custom", vmlinux=vmlinux, modules=[])
-            initrd = initramfs.build(kern, kernel.busybox())
+            initrd = initramfs.build(kern, kernel.busybox(), vkagent.build())
         else:
             kern, initrd = default
             link_or_copy(kern.vmlinux, vmlinux)
         link_or_copy(initrd, os.path.join(vdir, "initramfs.cpio"))
+        self._install_disks(plan, vdir)
         return {"release": kern.release}
+
+    @staticmethod
+    def _default_boot_files() -> tuple[Any, str]:
+        """Debian's cloud kernel and the busybox initramfs for it, with the guest agent (all cached)."""
+        from virtkit.vm.qemu import initramfs, kernel, vkagent
+
+        kern = kernel.default_kernel()
+        return kern, initramfs.build(kern, kernel.busybox(), vkagent.build())
 
     def _log_created(self, instance: Instance, plan: dict[str, Any]) -> None:
         log.info("VM %s: accelerator %s (%s)", instance.name, plan["accel"], plan["accel_reason"])
@@ -103,8 +117,9 @@ class QemuDriver(VmProcessDriver):
             vmlinux=self._file(instance, "vmlinux"), initramfs=self._file(instance, "initramfs.cpio"),
             console_log=self.log_path(instance), qmp_socket=self.qmp_socket(instance),
             kernel_params=tuple(plan["params"]), net=plan.get("net"),
+            agent_socket=self.agent_socket(instance),
         )
-        return build_argv(cfg)
+        return build_argv(cfg) + self._disk_args(instance) + self._resume_args(instance)
 
     # -- state ----------------------------------------------------------------------------------------
     def _ready(self, instance: Instance) -> bool:

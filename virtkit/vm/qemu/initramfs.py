@@ -1,10 +1,11 @@
 """The minimal guest's initramfs: a newc cpio (written here) of busybox, the virtio modules and an /init.
 
-The /init loads the modules, mounts proc/sys/dev, runs the command passed base64-encoded on the kernel
-command line (`virtkit.cmd=`, a shell-quoted string), prints EXIT_MARKER with its status on the console and
-powers off. An ACPI power button press (QMP system_powerdown) sends the command's process group SIGTERM
-(SIGKILL 5 s later), so a stop ends through the same path. The archive is uncompressed: under TCG,
-decompressing it costs more than reading it.
+The /init loads the modules, mounts proc/sys/dev, starts the guest agent (vkagent, when the archive has it),
+runs the command passed base64-encoded on the kernel command line (`virtkit.cmd=`, a shell-quoted string;
+chrooted into the VM's root disk when it has one: guestroot.py),
+prints EXIT_MARKER with its status on the console and powers off. An ACPI power button press (QMP
+system_powerdown) sends the command's process group SIGTERM (SIGKILL 5 s later), so a stop ends through the
+same path. The archive is uncompressed: under TCG, decompressing it costs more than reading it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shlex
 import tempfile
 from base64 import b64encode
 
+from virtkit.vm.qemu import guestroot
 from virtkit.vm.qemu.kernel import Kernel, cache_dir
 
 EXIT_MARKER = "virtkit-exit-status:"
@@ -27,6 +29,7 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /tmp /run && mount -t devpts devpts /dev/pts
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
+[ -x /sbin/vkagent ] && /sbin/vkagent </dev/null >/run/vkagent.log 2>&1 &
 hostname "$(sed -n 's/.*virtkit.hostname=\([^ ]*\).*/\1/p' /proc/cmdline)" 2>/dev/null
 ip link set lo up
 addr=$(sed -n 's/.*virtkit.ip=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -35,6 +38,10 @@ if [ -n "$addr" ]; then
   gw=$(sed -n 's/.*virtkit.gw=\([^ ]*\).*/\1/p' /proc/cmdline)
   [ -n "$gw" ] && ip route add default via "$gw"
 fi
+printf '127.0.0.1\tlocalhost\n%s\t%s\n' "${addr%/*}" "$(hostname)" >/etc/hosts
+[ -n "$addr" ] || printf '127.0.0.1\tlocalhost %s\n' "$(hostname)" >/etc/hosts
+dns=$(sed -n 's/.*virtkit.dns=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ -n "$dns" ] && echo "nameserver $dns" >/etc/resolv.conf
 cmd=$(sed -n 's/.*virtkit.cmd=\([^ ]*\).*/\1/p' /proc/cmdline | base64 -d)
 [ -n "$cmd" ] || cmd=sh
 for e in /sys/class/input/event*; do
@@ -44,7 +51,8 @@ for e in /sys/class/input/event*; do
      c=$(cat /run/child); kill -TERM -$c && sleep 5 && kill -KILL -$c) &
   fi
 done
-setsid sh -c "$cmd" </dev/console >/dev/console 2>&1 &
+. /@DISKS@
+setsid $chroot /bin/sh -c "$cmd" </dev/console >/dev/console 2>&1 &
 child=$!
 echo $child >/run/child
 wait $child
@@ -56,7 +64,7 @@ poweroff -f
 
 
 def init_script() -> str:
-    return INIT.replace("@MARKER@", EXIT_MARKER)
+    return INIT.replace("@MARKER@", EXIT_MARKER).replace("@DISKS@", guestroot.SCRIPT_PATH)
 
 
 def command_param(command: list[str]) -> str:
@@ -102,11 +110,15 @@ class Cpio:
         self._entry("TRAILER!!!", 0)
 
 
-def build(kernel: Kernel, busybox: str) -> str:
-    """The initramfs for `kernel`, cached by its inputs; returns its path."""
+def build(kernel: Kernel, busybox: str, agent: str | None = None) -> str:
+    """The initramfs for `kernel`, cached by its inputs; returns its path. `agent`: the guest agent binary
+    (vkagent, its path names its source hash), started by /init when there."""
     h = hashlib.sha256(init_script().encode())
+    h.update(guestroot.DISKS_SH.encode())
     h.update(kernel.vmlinux.encode())
     h.update(busybox.encode())
+    if agent:
+        h.update(b"agent:" + agent.encode())
     for m in kernel.modules:
         h.update(m.encode())
     out_dir = os.path.join(cache_dir(), "initramfs")
@@ -126,7 +138,12 @@ def build(kernel: Kernel, busybox: str) -> str:
             with open(busybox, "rb") as b:
                 c.file("bin/busybox", b.read(), 0o755)
             c.symlink("bin/sh", "busybox")
+            if agent:
+                with open(agent, "rb") as a:
+                    c.file("sbin/vkagent", a.read(), 0o755)
             c.file("init", init_script().encode(), 0o755)
+            c.dir("lib/virtkit")
+            c.file(guestroot.SCRIPT_PATH, guestroot.DISKS_SH.encode())
             c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
             c.file("etc/group", b"root:x:0:\n")
             names = []

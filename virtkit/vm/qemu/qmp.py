@@ -46,7 +46,36 @@ def execute(socket_path: str, command: str, args: dict[str, Any] | None = None) 
 
     try:
         return _run(_session(socket_path, [(command, args)]))[0]
-    except (TimeoutError, QMPError, OSError, EOFError) as exc:
+    # AssertionError: qemu.qmp's connect asserts its runstate, which QEMU closing the socket mid-handshake (it is
+    # exiting) breaks; seen under load as a VM's command ends
+    except (TimeoutError, QMPError, OSError, EOFError, AssertionError) as exc:
+        raise SystemFailure(f"QMP {command} on {socket_path}: {exc or type(exc).__name__}") from exc
+
+
+async def _fd_session(socket_path: str, fd: int, fdname: str, command: str, args: dict[str, Any]) -> Any:
+    from qemu.qmp import QMPClient
+
+    client = QMPClient("virtkit")
+    try:
+        await asyncio.wait_for(client.connect(socket_path), TIMEOUT)
+        client.send_fd_scm(fd)
+        await asyncio.wait_for(client.execute("getfd", {"fdname": fdname}), TIMEOUT)
+        return await asyncio.wait_for(client.execute(command, args), TIMEOUT)
+    finally:
+        try:
+            await client.disconnect()
+        except (EOFError, OSError):
+            pass
+
+
+def execute_with_fd(socket_path: str, fd: int, fdname: str, command: str, args: dict[str, Any]) -> Any:
+    """Hand QEMU a copy of `fd` (SCM_RIGHTS + getfd, named `fdname`), then run `command` in the same session
+    (e.g. migrate to "fd:NAME": QEMU writes a file that it could not open itself)."""
+    from qemu.qmp import QMPError
+
+    try:
+        return _run(_fd_session(socket_path, fd, fdname, command, args))
+    except (TimeoutError, QMPError, OSError, EOFError, AssertionError) as exc:
         raise SystemFailure(f"QMP {command} on {socket_path}: {exc or type(exc).__name__}") from exc
 
 
