@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+from virtkit.client.exec import feed_stdin
 from virtkit.core.errors import DaemonUnavailable, from_dict
 
 
@@ -32,15 +32,7 @@ def attach_session(socket_path: str, name: str, *, start: bool, stdin: Iterator[
         if on_session:
             on_session(ws)
         if stdin is not None:
-            def feed() -> None:
-                try:
-                    for data in stdin:
-                        ws.send(data)
-                    ws.send(json.dumps({"eof": True}))
-                except ConnectionClosed:
-                    pass
-
-            threading.Thread(target=feed, daemon=True).start()
+            feed_stdin(ws, stdin)
         while True:
             try:
                 msg = ws.recv()

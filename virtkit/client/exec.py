@@ -11,6 +11,20 @@ from urllib.parse import quote
 from virtkit.core.errors import DaemonUnavailable, from_dict
 
 
+def feed_stdin(ws: Any, stdin: Iterator[bytes]) -> None:
+    """Send our input to a session in the background, then an EOF message; a closed session ends it quietly."""
+    from websockets.exceptions import ConnectionClosed
+
+    def feed() -> None:
+        try:
+            for data in stdin:
+                ws.send(data)
+            ws.send(json.dumps({"eof": True}))
+        except ConnectionClosed:
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+
 def exec_session(socket_path: str, name: str, command: list[str], *, env: list[str], tty: bool,
                  stdin: Iterator[bytes] | None, size: tuple[int, int] | None,
                  on_stdout: Callable[[bytes], None] | None, on_stderr: Callable[[bytes], None] | None,
@@ -29,15 +43,7 @@ def exec_session(socket_path: str, name: str, command: list[str], *, env: list[s
         if on_session:
             on_session(ws)
         if stdin is not None:
-            def feed() -> None:
-                try:
-                    for data in stdin:
-                        ws.send(data)
-                    ws.send(json.dumps({"eof": True}))
-                except ConnectionClosed:
-                    pass
-
-            threading.Thread(target=feed, daemon=True).start()
+            feed_stdin(ws, stdin)
         while True:
             try:
                 msg = ws.recv()

@@ -161,6 +161,17 @@ def _mmdebstrap(rootfs: Path, release: str, pkgs: list[str], arch: str, say: Cal
     # and its chroot mounts (proc, sys, dev) with it, so the next open's cleanup of our temp dir never walks
     # into a mounted /proc or /dev.
     argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL", *argv]
+    rc, text = run_streamed(argv, say)
+    if rc != 0:
+        missing = re.findall(r"Unable to locate package (\S+)|Package '?(\S+?)'? has no installation candidate", text)
+        if missing:
+            names = sorted({a or b for a, b in missing})
+            raise InvalidArgument(f"packages: {', '.join(names)} not found in Debian {release}")
+        raise SystemFailure(f"mmdebstrap failed (exit {rc}): {text[-1500:]}")
+
+
+def run_streamed(argv: list[str], say: Callable[[str], None]) -> tuple[int, str]:
+    """Run argv, passing each output line to `say`; (exit status, its last 30 lines). Killed if we are."""
     tail: list[str] = []
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", preexec_fn=_die_with_parent)
@@ -176,13 +187,7 @@ def _mmdebstrap(rootfs: Path, release: str, pkgs: list[str], arch: str, say: Cal
         proc.kill()
         proc.wait()
         raise
-    if rc != 0:
-        text = "\n".join(tail)
-        missing = re.findall(r"Unable to locate package (\S+)|Package '?(\S+?)'? has no installation candidate", text)
-        if missing:
-            names = sorted({a or b for a, b in missing})
-            raise InvalidArgument(f"packages: {', '.join(names)} not found in Debian {release}")
-        raise SystemFailure(f"mmdebstrap failed (exit {rc}): {text[-1500:]}")
+    return rc, "\n".join(tail)
 
 
 def _die_with_parent() -> None:

@@ -44,7 +44,6 @@ from ._digestio import LayerReader
 from ._guest_files import GUEST_NET_UNIT, guest_files, guest_files_digest
 from .debian import (
     _add,
-    _die_with_parent,
     _doc_epoch,
     _rfc3339,
     _sorted_walk,
@@ -53,6 +52,7 @@ from .debian import (
     cached_manifest,
     input_key,
     normalise,
+    run_streamed,
 )
 from .store import ImageInfo, ImageStore
 
@@ -234,23 +234,9 @@ def build_vm_layer(lowers: list[Path], work: Path, epoch_env: str | None, base_e
 
 
 def _run_streamed(argv: list[str], say: Callable[[str], None]) -> None:
-    tail: list[str] = []
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", preexec_fn=_die_with_parent)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                tail = (tail + [line])[-30:]
-                say(line)
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    rc, text = run_streamed(argv, say)
     if rc != 0:
-        raise SystemFailure(f"installing the VM packages failed (exit {rc}): {chr(10).join(tail)[-1500:]}")
+        raise SystemFailure(f"installing the VM packages failed (exit {rc}): {text[-1500:]}")
 
 
 def _check_boot(upper: Path) -> str:

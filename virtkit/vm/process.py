@@ -406,7 +406,8 @@ class VmProcessDriver:
         if self._process_pid(instance) is None:
             raise InvalidState(f"instance '{instance.name}' is not running")
 
-    def delete(self, instance: Instance) -> None:
+    def _kill_process(self, instance: Instance) -> None:
+        """SIGKILL the engine's process (if any) and wait until it is gone and its exit recorded."""
         pid = self._process_pid(instance)
         if pid is not None:
             try:
@@ -415,6 +416,9 @@ class VmProcessDriver:
                 pass
             self._wait_gone(instance, 10.0)
             self._wait_record(instance)
+
+    def delete(self, instance: Instance) -> None:
+        self._kill_process(instance)
         try:
             os.unlink(self.control_socket(instance))
         except FileNotFoundError:

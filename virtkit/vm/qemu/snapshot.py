@@ -26,7 +26,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -220,14 +219,7 @@ class VmSnapshots(_Base):
             time.sleep(0.01)
 
     def _abandon_resume(self, instance: Instance) -> None:
-        pid = self._process_pid(instance)
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._wait_gone(instance, 10.0)
-            self._wait_record(instance)
+        self._kill_process(instance)
 
 
 def _state_in(snapshot_dir: str) -> str | None:
