@@ -52,6 +52,11 @@ class Home:
         return os.path.join(self.root, "containers")
 
     @property
+    def trash(self) -> str:
+        """Removed instances' directories, renamed here and deleted in the background (storage/trash.py)."""
+        return os.path.join(self.root, "trash")
+
+    @property
     def runtime_root(self) -> str:
         return os.path.join(self.run_dir, "runtime")
 

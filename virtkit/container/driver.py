@@ -27,6 +27,10 @@ class ContainerDriver:
         self.images = images
         self._runtime: Any = None
         self._lost_lock = threading.Lock()
+        from virtkit.storage.trash import Trash
+
+        self.trash = Trash(home.trash)
+        self.trash.empty_later()
 
     @property
     def runtime(self) -> Any:
@@ -228,7 +232,7 @@ class ContainerDriver:
 
     def delete(self, instance: Instance) -> None:
         self._forget_runtime_state(instance)
-        shutil.rmtree(self._dir(instance), ignore_errors=True)
+        self.trash.discard(self._dir(instance))
 
     def update_cpu(self, instance: Instance, live: bool) -> None:
         """`virtkit update`: the new weight, cap and pinning into the bundle (for the next start) and, when `live`,

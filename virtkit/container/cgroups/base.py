@@ -201,6 +201,8 @@ class CgroupManager:
 
     def kill_all(self, sig: int) -> None:
         """Signal every process; SIGKILL is sent while frozen so a forking process cannot escape."""
+        if sig == signal.SIGKILL and not self.pids():
+            return      # empty (nothing joins an empty cgroup by itself): no freeze and thaw for nothing
         if sig == signal.SIGKILL and self._can_freeze():
             try:
                 self.freeze(timeout=KILL_FREEZE_TIMEOUT)
