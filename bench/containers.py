@@ -6,8 +6,10 @@
 Parts:
   cycle   `virtkit-runtime run` vs `runc run` vs `crun run` of /bin/true on one busybox bundle
           (create + start + wait + delete; a fresh container id every run).
-  sdk     client.run("busybox", ["/bin/true"], auto_remove=True) against a running virtkitd vs `crun run`.
-  cli     `virtkit run --rm busybox -- /bin/true` vs `podman run --rm` of the same rootfs, end to end.
+  sdk     client.run("busybox", ["/bin/true"], auto_remove=True, network="none") against a running virtkitd vs
+          `crun run` (which sets up no network either).
+  cli     `virtkit run --rm --network none busybox -- /bin/true` vs `podman run --rm --network none` of the same
+          rootfs, end to end (both without a network: podman's bridge needs netavark/CNI set up on this host).
   memory  host memory (PSS) per idle container, N containers running `sleep 100000`: virtkit (container
           processes + the home's supervisor, amortised; virtkitd reported apart) vs podman (container processes
           + one conmon each); for the record also one conmon and one minimal Python monitor process.
@@ -270,11 +272,12 @@ class Bench:
         return self._speed_result("cycle", cs, "virtkit-runtime", ["runc", "crun"])
 
     def part_sdk(self) -> dict[str, Any]:
-        log("== sdk: client.run('busybox', ['/bin/true'], auto_remove=True) vs crun run")
+        log("== sdk: client.run('busybox', ['/bin/true'], auto_remove=True, network='none') vs crun run")
 
         def sdk_run() -> None:
             out: list[bytes] = []
-            st = self.need_client().run("busybox", ["/bin/true"], auto_remove=True, output=out.append)
+            st = self.need_client().run("busybox", ["/bin/true"], auto_remove=True, network="none",
+                                        output=out.append)
             if st.get("exit_code") != 0:
                 raise RuntimeError(f"status {st}: {b''.join(out).decode(errors='replace').strip()[-500:]}")
 
@@ -285,10 +288,11 @@ class Bench:
         return res
 
     def part_cli(self) -> dict[str, Any]:
-        log("== cli: virtkit run --rm busybox -- /bin/true vs podman run --rm")
+        log("== cli: virtkit run --rm --network none busybox -- /bin/true vs podman run --rm --network none")
         self.need_client()
         self.setup_podman()
-        vk = [str(self.bin / "virtkit"), "--home", str(self.home), "run", "--rm", "busybox", "--", "/bin/true"]
+        vk = [str(self.bin / "virtkit"), "--home", str(self.home), "run", "--rm", "--network", "none",
+              "busybox", "--", "/bin/true"]
         pm = self.podman_run_argv("--rm") + [PODMAN_IMAGE, "/bin/true"]
         cs = [common.Contestant("virtkit-cli", lambda: common.check_run(vk, timeout=60) and None),
               common.Contestant("podman", lambda: common.check_run(pm, timeout=60) and None)]
