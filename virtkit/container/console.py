@@ -7,7 +7,6 @@ name and whose SCM_RIGHTS ancillary data carries the master fd.
 from __future__ import annotations
 
 import _socket  # the C module: socket.py builds enums at import, ~4 ms of every container start
-import array
 import fcntl
 import os
 import struct
@@ -49,7 +48,7 @@ def open_pty(size: dict | None = None) -> tuple[int, int, str]:
 
 def send_master(sock: _socket.socket, master: int, name: str) -> None:
     try:
-        sock.sendmsg([name.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [master]))])
+        sock.sendmsg([name.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
     except OSError as exc:
         raise SystemFailure(f"send terminal to console socket: {exc.strerror}") from exc
 
