@@ -87,18 +87,45 @@ def layer_bytes(entries: list[E], gz: bool = False) -> bytes:
     return gzip.compress(data, mtime=0) if gz else data
 
 
-def image_config(layers: list[bytes], gz: bool, cmd: list[str] | None = None) -> dict:
+def compress(tar: bytes, codec: str) -> bytes:
+    """A layer tar as a blob: 'none', 'gzip', 'zstd', or 'zstd-frames' (several concatenated zstd frames, as
+    multi-threaded zstd writes)."""
     import gzip
 
-    diff_ids = [_sha(gzip.decompress(b) if gz else b) for b in layers]
+    import zstandard
+
+    if codec == "gzip":
+        return gzip.compress(tar, mtime=0)
+    if codec == "zstd":
+        return zstandard.ZstdCompressor(level=3).compress(tar)
+    if codec == "zstd-frames":
+        cut = len(tar) // 3
+        return b"".join(zstandard.ZstdCompressor().compress(part) for part in (tar[:cut], tar[cut:2 * cut],
+                                                                                tar[2 * cut:]))
+    assert codec == "none", codec
+    return tar
+
+
+LAYER_MEDIA = {"none": "application/vnd.oci.image.layer.v1.tar", "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+               "zstd-frames": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+def image_config(layers: list[bytes], gz: bool, cmd: list[str] | None = None,
+                 diff_ids: list[str] | None = None) -> dict:
+    import gzip
+
+    if diff_ids is None:
+        diff_ids = [_sha(gzip.decompress(b) if gz else b) for b in layers]
     return {"architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
             "config": {"Cmd": cmd or ["sh"], "Env": ["PATH=/usr/bin:/bin"]},
             "rootfs": {"type": "layers", "diff_ids": diff_ids}}
 
 
 def write_oci_layout(root: Path, images: dict[str | None, list[list[E]]], gz: bool = True,
-                     config_extra: dict | None = None) -> dict[str | None, dict]:
-    """An OCI image layout at `root` with one manifest per (ref name -> layers); returns name -> digests."""
+                     config_extra: dict | None = None, codecs: list[str] | None = None) -> dict[str | None, dict]:
+    """An OCI image layout at `root` with one manifest per (ref name -> layers); returns name -> digests.
+    `codecs` (one per layer: see compress) overrides `gz`."""
     import json
 
     blobs = root / "blobs" / "sha256"
@@ -113,15 +140,17 @@ def write_oci_layout(root: Path, images: dict[str | None, list[list[E]]], gz: bo
     out: dict[str | None, dict] = {}
     manifests = []
     for ref, layer_specs in images.items():
-        layers = [layer_bytes(spec, gz) for spec in layer_specs]
-        cfg = image_config(layers, gz)
+        kinds = codecs or [("gzip" if gz else "none")] * len(layer_specs)
+        tars = [layer_bytes(spec) for spec in layer_specs]
+        layers = [compress(t, k) for t, k in zip(tars, kinds, strict=True)]
+        cfg = image_config(layers, gz, diff_ids=[_sha(t) for t in tars])
         cfg.update(config_extra or {})
         cfg_raw = json.dumps(cfg).encode()
-        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else "")
         manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(cfg_raw),
                                "size": len(cfg_raw)},
-                    "layers": [{"mediaType": media, "digest": put(b), "size": len(b)} for b in layers]}
+                    "layers": [{"mediaType": LAYER_MEDIA[k], "digest": put(b), "size": len(b)}
+                               for b, k in zip(layers, kinds, strict=True)]}
         raw = json.dumps(manifest, indent=1).encode()
         desc = {"mediaType": manifest["mediaType"], "digest": put(raw), "size": len(raw)}
         if ref is not None:
@@ -134,13 +163,15 @@ def write_oci_layout(root: Path, images: dict[str | None, list[list[E]]], gz: bo
 
 
 def write_docker_archive(path: Path, layer_specs: list[list[E]], tags: list[str], gz: bool = False,
-                         extra: list[tuple[str, bytes]] = ()) -> dict:
-    """A docker-archive tar (`docker save` / `podman save` shape); returns its config digest and diff_ids."""
+                         extra: list[tuple[str, bytes]] = (), codec: str | None = None) -> dict:
+    """A docker-archive tar (`docker save` / `podman save` shape); returns its config digest and diff_ids.
+    `codec` (see compress) overrides `gz`."""
     import io as _io
     import json
 
-    layers = [layer_bytes(spec, gz) for spec in layer_specs]
-    cfg = image_config(layers, gz)
+    tars = [layer_bytes(spec) for spec in layer_specs]
+    layers = [compress(t, codec or ("gzip" if gz else "none")) for t in tars]
+    cfg = image_config(layers, gz, diff_ids=[_sha(t) for t in tars])
     cfg_raw = json.dumps(cfg).encode()
     cfg_digest = _sha(cfg_raw)
     names = [f"{i:02d}/layer.tar" + (".gz" if gz else "") for i in range(len(layers))]
@@ -173,3 +204,33 @@ RICH_LAYERS: list[list[E]] = [
      E("hardlink", "etc/data-link", link="etc/data"), E("symlink", "etc/hello-link", link="hello")],
     [E("file", "etc/hello", b"hello from layer 2\n", mode=0o600, uid=1000, gid=1000)],
 ]
+
+
+def assert_empty(store) -> None:  # type: ignore[no-untyped-def]
+    """Nothing of a failed import is left: no image, no blob, no layer, no staging file."""
+    assert store.list() == []
+    assert list(store.blobs.iterdir()) == []
+    assert list(store.layers_dir.iterdir()) == []
+    assert list(store.tmp.iterdir()) == []
+
+
+def manifest_of(store, name: str) -> dict:  # type: ignore[no-untyped-def]
+    import json
+
+    return dict(json.loads(store.read_blob(store.get(name).digest)))
+
+
+def assert_rich_unpacked(l0: Path, l1: Path, l2: Path) -> None:
+    """RICH_LAYERS' three layers, unpacked: whiteout, opaque dir, hardlink, symlink, xattr, owner and mode."""
+    import stat
+
+    assert (l0 / "etc/hello").read_bytes() == b"hello from layer 0\n"
+    wh = os.lstat(l1 / "etc/removed")
+    assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
+    assert os.getxattr(l1 / "opt", "trusted.overlay.opaque") == b"y"
+    assert (l1 / "etc/data").stat().st_ino == (l1 / "etc/data-link").stat().st_ino
+    assert os.readlink(l1 / "etc/hello-link") == "hello"
+    assert os.getxattr(l1 / "etc/data", "user.virtkit") == b"tagged"
+    st = (l2 / "etc/hello").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o600)
+    assert (l2 / "etc/hello").read_bytes() == b"hello from layer 2\n"

@@ -239,3 +239,32 @@ def test_layers_unpacked_together_still_refuse_writing_through_a_lower_symlink(s
     # The same upper layer over a safe lower is fine, and shares nothing it should not.
     store.add_image("good", [tar_factory([E("dir", "etc")]), upper], CONFIG)
     assert (store.layer_paths("good")[1] / "etc/pwned").read_bytes() == b"x"
+
+
+def test_add_image_on_a_base_takes_its_blobs_as_they_are(store: ImageStore, tar_factory) -> None:
+    info = store.add_image("base", [tar_factory([E("file", "a", b"a")])], CONFIG)
+    manifest = json.loads(store.read_blob(info.digest))
+    # a base whose layer descriptor uses Docker's name for a gzip layer: the new image names it the OCI way
+    manifest["layers"][0]["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    raw = json.dumps(manifest).encode()
+    docker_base = store.commit("docker-base", {"digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+                                               "mediaType": manifest["mediaType"], "size": len(raw)},
+                               _staged(store, raw))
+    blobs = _blob_names(store)
+    top = tar_factory([E("file", "b", b"b")])
+    new = store.add_image("derived", [top], CONFIG, base=docker_base.digest)
+    derived = json.loads(store.read_blob(new.digest))
+    assert derived["layers"][0] == {**manifest["layers"][0], "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}
+    assert new.layers == [*info.layers, "sha256:" + hashlib.sha256(top.read_bytes()).hexdigest()]
+    assert len(_blob_names(store) - blobs) == 3            # the new layer, its config, its manifest
+
+    before = _blob_names(store)
+    with pytest.raises(NotFound, match="base image sha256:0000.*was it removed"):
+        store.add_image("orphan", [top], CONFIG, base="sha256:" + "0" * 64)
+    assert not store.exists("orphan") and _blob_names(store) == before
+
+
+def _staged(store: ImageStore, raw: bytes) -> dict[str, Path]:
+    path = store.tmp / "staged-manifest"
+    path.write_bytes(raw)
+    return {hashlib.sha256(raw).hexdigest(): path}

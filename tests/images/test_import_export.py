@@ -6,29 +6,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-from images_helpers import RICH_LAYERS, E, as_root, tar_dir, write_docker_archive, write_oci_layout
+from images_helpers import (
+    RICH_LAYERS,
+    E,
+    as_root,
+    assert_empty,
+    assert_rich_unpacked,
+    layer_bytes,
+    manifest_of,
+    tar_dir,
+    write_docker_archive,
+    write_oci_layout,
+)
 
 from virtkit.core.errors import IntegrityError, InvalidArgument, NotFound, UnsafeArchive
 from virtkit.images.exporter import export_image
 from virtkit.images.importer import import_image
 from virtkit.images.store import ImageStore
-
-
-def assert_empty(store: ImageStore) -> None:
-    """Nothing of a failed import is left: no image, no blob, no layer, no staging file."""
-    assert store.list() == []
-    assert list(store.blobs.iterdir()) == []
-    assert list(store.layers_dir.iterdir()) == []
-    assert list(store.tmp.iterdir()) == []
-
-
-def manifest_of(store: ImageStore, name: str) -> dict:
-    return json.loads(store.read_blob(store.get(name).digest))
 
 
 def test_oci_layout_dir_and_tar_import_keep_every_digest(store: ImageStore, tmp_path: Path) -> None:
@@ -52,16 +52,7 @@ def test_oci_layout_dir_and_tar_import_keep_every_digest(store: ImageStore, tmp_
 def test_imported_layers_unpack_with_whiteouts_links_and_xattrs(store: ImageStore, tmp_path: Path) -> None:
     write_oci_layout(tmp_path / "layout", {"rich": RICH_LAYERS})
     import_image(store, tmp_path / "layout")
-    l0, l1, l2 = store.layer_paths("rich")
-    assert (l0 / "etc/hello").read_bytes() == b"hello from layer 0\n"
-    wh = os.lstat(l1 / "etc/removed")
-    assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
-    assert os.getxattr(l1 / "opt", "trusted.overlay.opaque") == b"y"
-    assert (l1 / "etc/data").stat().st_ino == (l1 / "etc/data-link").stat().st_ino
-    assert os.readlink(l1 / "etc/hello-link") == "hello"
-    assert os.getxattr(l1 / "etc/data", "user.virtkit") == b"tagged"
-    st = (l2 / "etc/hello").stat()
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o600)
+    assert_rich_unpacked(*store.layer_paths("rich"))
 
 
 def test_docker_archive_import_plain_and_gzip_layers(store: ImageStore, tmp_path: Path) -> None:
@@ -279,3 +270,39 @@ def tarfile_bytes(entries: list[E]) -> bytes:
     return layer_bytes(entries)
 
 
+
+
+def _skopeo_dir(layout: Path, dest: Path, manifest_digest: str) -> Path:
+    """What `skopeo copy ... dir:DEST` writes: the manifest as manifest.json, every blob named by its hex."""
+    dest.mkdir()
+    for blob in (layout / "blobs/sha256").iterdir():
+        (dest / blob.name).write_bytes(blob.read_bytes())
+    (dest / "manifest.json").write_bytes((layout / "blobs/sha256" / manifest_digest[7:]).read_bytes())
+    (dest / "version").write_text("Directory Transport Version: 1.1\n")
+    return dest
+
+
+def test_skopeo_dir_layout_imports(store: ImageStore, tmp_path: Path) -> None:
+    want = write_oci_layout(tmp_path / "layout", {"x": RICH_LAYERS})["x"]
+    src = _skopeo_dir(tmp_path / "layout", tmp_path / "dir", want["manifest"])
+    with pytest.raises(InvalidArgument, match="has no name in the archive; give one with --name"):
+        import_image(store, src)
+    assert_empty(store)
+    info = import_image(store, src, name="fromdir")
+    assert (info.digest, info.layers) == (want["manifest"], want["diff_ids"])
+    (src / want["layers"][2][7:]).unlink()
+    with pytest.raises(InvalidArgument, match=f"layer {want['layers'][2]}.* is missing"):
+        import_image(ImageStore(tmp_path / "other"), src, name="broken")
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed (apt-get install skopeo): its own dir: output is not tried")
+    d = write_docker_archive(tmp_path / "d.tar", RICH_LAYERS, ["localhost/rich:v1"])
+    r = subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{tmp_path / 'd.tar'}",
+                        f"dir:{tmp_path / 'skopeo'}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert import_image(store, tmp_path / "skopeo", name="skopeo-dir").layers == d["diff_ids"]
+    # skopeo labels these plain tars with Docker's gzip media type: an image built on them says what they are
+    top = tmp_path / "top.tar"
+    top.write_bytes(layer_bytes([E("file", "new", b"n")]))
+    derived = store.add_image("derived", [top], {}, base=store.get("skopeo-dir").digest)
+    assert {lay["mediaType"] for lay in manifest_of(store, derived.name)["layers"][:3]} == {
+        "application/vnd.oci.image.layer.v1.tar"}

@@ -91,11 +91,19 @@ def build_image(request: Request, body: dict[str, Any]) -> StreamingResponse:
 
 
 def _run_streamed(job: Callable[[Callable[[str], None]], Any]) -> Iterator[bytes]:
+    from virtkit.images.progress import fraction_of
+
     lines: queue.Queue[bytes | None] = queue.Queue()
+
+    def say(msg: str) -> None:
+        event: dict[str, Any] = {"progress": msg}
+        if (fraction := fraction_of(msg)) is not None:
+            event["fraction"] = fraction
+        lines.put(json.dumps(event).encode() + b"\n")
 
     def work() -> None:
         try:
-            info = job(lambda msg: lines.put(json.dumps({"progress": msg}).encode() + b"\n"))
+            info = job(say)
             lines.put(json.dumps({"result": image_dict(info)}).encode() + b"\n")
         except VirtkitError as exc:
             lines.put(json.dumps(exc.to_dict()).encode() + b"\n")

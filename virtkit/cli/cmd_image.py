@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--no-cache", action="store_true", help="debian: rebuild even when a build of the same"
                    " inputs is cached")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    ip = img.add_parser("import", help="import an OCI image layout (dir or tar) or a docker-archive tar")
+    ip = img.add_parser("import", help="import an OCI image layout (dir or tar), a docker-archive tar or a"
+                        " skopeo dir: copy (layers plain, gzip or zstd)")
     ip.add_argument("path")
     ip.add_argument("--name", help="the image's name (default: the name in the archive)")
     ep = img.add_parser("export", help="write an image to a tar file")
@@ -83,8 +84,34 @@ def _build(c: Client, a: argparse.Namespace) -> int:
         if not a.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    print(f"building image {a.name or a.kind} ...", file=sys.stderr, flush=True)
-    info = c.build_image(a.kind, a.name, release=a.release, packages=packages, layers=a.layers, vm=a.vm,
-                         no_cache=a.no_cache, progress=progress)
+    def build(**shown: Any) -> dict[str, Any]:
+        return c.build_image(a.kind, a.name, release=a.release, packages=packages, layers=a.layers, vm=a.vm,
+                             no_cache=a.no_cache, **shown)
+
+    what = f"building image {a.name or a.kind}"
+    if a.quiet or not sys.stderr.isatty():
+        print(f"{what} ...", file=sys.stderr, flush=True)
+        info = build(progress=progress)
+    else:
+        info = _build_with_bar(what, build)
     print(f"{info['name']} {info['digest']}")
     return 0
+
+
+def _build_with_bar(what: str, build: Any) -> dict[str, Any]:
+    """On a terminal: a progress bar with the latest line of the build beside it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[line]}", style="dim"),
+                  console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(what, total=1.0, line="")
+        width = max(20, bar.console.width - 70)
+
+        def line(text: str) -> None:
+            bar.update(task, line=text if len(text) <= width else text[:width - 1] + "…")
+
+        info: dict[str, Any] = build(progress=line, on_fraction=lambda f: bar.update(task, completed=f))
+        bar.update(task, completed=1.0, line="done")
+    return info

@@ -23,8 +23,10 @@ class ImagesAPI:
 
     def build_image(self, kind: str, name: str | None = None, *, release: str | None = None,
                     packages: Sequence[str] | None = None, layers: int | None = None, vm: bool = False,
-                    no_cache: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Build an image (`busybox` or `debian`); `progress` gets the build's progress lines as they come."""
+                    no_cache: bool = False, progress: Callable[[str], None] | None = None,
+                    on_fraction: Callable[[float], None] | None = None) -> dict[str, Any]:
+        """Build an image (`busybox` or `debian`); `progress` gets the build's progress lines as they come,
+        `on_fraction` how far the build has got (0..1) whenever a line marks a milestone."""
         body: dict[str, Any] = {"kind": kind, "name": name}
         if kind == "debian" or release or packages or vm or no_cache or layers:
             body.update(release=release, packages=list(packages or []), layers=layers, vm=vm, no_cache=no_cache)
@@ -39,6 +41,8 @@ class ImagesAPI:
                 if "progress" in msg:
                     if progress is not None:
                         progress(str(msg["progress"]))
+                    if on_fraction is not None and isinstance(msg.get("fraction"), int | float):
+                        on_fraction(float(msg["fraction"]))
                 elif "result" in msg:
                     return msg["result"]  # type: ignore[no-any-return]
                 elif "error" in msg:
@@ -46,7 +50,8 @@ class ImagesAPI:
         raise DaemonUnavailable("virtkitd ended the build stream without a result")
 
     def import_image(self, path: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
-        """Import an OCI image layout (directory or tar) or a docker-archive tar that the daemon can read."""
+        """Import an OCI image layout (directory or tar), a docker-archive tar or a skopeo `dir:` copy that the
+        daemon can read."""
         body = {"path": os.path.abspath(path), "name": name}
         return self.t.request("POST", "/v1/images/import", body)  # type: ignore[no-any-return]
 

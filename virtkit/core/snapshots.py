@@ -14,18 +14,17 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from virtkit.core.errors import AlreadyExists, InvalidState, NotFound, Unsupported
+from virtkit.core.errors import AlreadyExists, InvalidState, NotFound
 from virtkit.core.models import Instance, InstanceState, validate_name
 
 if TYPE_CHECKING:
     from virtkit.core.service import InstanceService
     from virtkit.store.base import Store
 
-MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 _RESTORABLE = (InstanceState.CREATED, InstanceState.STOPPED)
 
 
@@ -115,6 +114,12 @@ class SnapshotService:
             self.store.delete_snapshot(inst.id, snap.name)
             self.files.remove(inst.id, snap.name)
 
+    def prepare(self, instance: Instance) -> Callable[[], None]:
+        """Hook: record which image (by digest) the instance is made from. Its name may later go to another
+        image; publish must build on the layers the instance really runs on."""
+        instance.spec["image_digest"] = self.images.get(instance.image).digest
+        return lambda: None
+
     def removed(self, instance: Instance) -> None:
         """Hook: the instance is gone; so are its snapshots (their rows went with it)."""
         for snap in self.store.list_snapshots(instance.id):
@@ -129,37 +134,32 @@ class SnapshotService:
 
     # -- publish --------------------------------------------------------------------------------------
     def publish(self, instance: str, image: str) -> Any:
-        """The instance's changes as a new layer on top of its image's layers, stored as image `image`."""
+        """The instance's changes as one new layer on top of its image's layers, stored as image `image`.
+
+        The base layers' blobs are the image's own (same digests, shared on disk, never re-compressed);
+        only the changes are new.
+        """
         inst = self.instances.get(instance)
         if self.images.exists(image):      # also validates the name
             raise AlreadyExists(f"image '{image}' already exists; remove it first or choose another name")
-        base = self.images.get(inst.image)
-        manifest = self.images.manifest(inst.image)
+        base_digest = inst.spec.get("image_digest") or self.images.get(inst.image).digest
+        try:
+            manifest = json.loads(self.images.read_blob(base_digest))
+        except NotFound:
+            raise NotFound(f"cannot publish '{inst.name}': its image {inst.image} ({base_digest}) is no longer "
+                           "in the image store") from None
+        base_config = json.loads(self.images.read_blob(manifest["config"]["digest"]))
         work = self.files.temp_path(inst.id, "publish")
         os.makedirs(work, mode=0o700)
         try:
-            tars = [self._layer_tar(desc, os.path.join(work, f"base{i}.tar"))
-                    for i, desc in enumerate(manifest.get("layers", []))]
             changes = os.path.join(work, "changes.tar")
             with self._instance_lock(inst.id), self.instances.quiescing(inst.id):
                 self.instances.driver(inst).export_changes(inst, changes)
-            return self.images.add_image(image, tars + [changes], self._config(base.config, inst))
+            for layer in manifest.get("layers", []):
+                self.images.verify_blob_file(layer["digest"])     # a corrupt base is not passed on
+            return self.images.add_image(image, [changes], self._config(base_config, inst), base=base_digest)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    def _layer_tar(self, desc: dict[str, Any], dest: str) -> str:
-        """An uncompressed tar of a base layer (add_image takes tars: the digests of its diff_ids match)."""
-        media = desc.get("mediaType", "")
-        blob = str(self.images.verify_blob_file(desc["digest"]))
-        if media in (MEDIA_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar"):
-            return blob
-        if media in (MEDIA_LAYER_GZIP, "application/vnd.docker.image.rootfs.diff.tar.gzip"):
-            import gzip
-
-            with gzip.open(blob, "rb") as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            return dest
-        raise Unsupported(f"publish: base layer {desc['digest']} has media type {media!r} (gzip or plain tar only)")
 
     @staticmethod
     def _config(base: dict[str, Any], inst: Instance) -> dict[str, Any]:

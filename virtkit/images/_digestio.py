@@ -1,8 +1,9 @@
 """Streams that hash what passes through them: a layer read once yields its blob digest, its diff_id and its tar.
 
-A layer blob is gzip-compressed or a plain tar. Reading it through LayerReader decompresses (when needed) and
-hashes both the stored bytes (the blob digest) and the tar bytes (the diff_id) in the same pass that feeds the
-unpacker, so verifying a layer costs no extra read of it.
+A layer blob is a plain tar, or gzip- or zstd-compressed. Reading it through LayerReader decompresses (when
+needed) and hashes both the stored bytes (the blob digest) and the tar bytes (the diff_id) in the same pass that
+feeds the unpacker, so verifying a layer costs no extra read of it. A broken compressed stream (corrupt, or
+truncated) is an InvalidArgument naming the layer.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import hashlib
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from virtkit.core.errors import InvalidArgument
 
 __all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "LayerReader", "compression_of"]
+
+# the OCI layer media type of each compression compression_of names
+LAYER_MEDIA = {"none": "application/vnd.oci.image.layer.v1.tar",
+               "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -22,14 +28,41 @@ _CHUNK = 1 << 20
 
 
 def compression_of(head: bytes, what: str) -> str:
-    """'gzip' or 'none' from a blob's first bytes; other compressions are refused, naming `what`."""
+    """'gzip', 'zstd' or 'none' from a blob's first bytes; other compressions are refused, naming `what`."""
     if head.startswith(GZIP_MAGIC):
         return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        raise InvalidArgument(f"{what}: zstd-compressed layers are not supported (use gzip or plain tar)")
+    if head.startswith(ZSTD_MAGIC) or (head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50):
+        return "zstd"     # a zstd frame, or a skippable frame (metadata some zstd writers put first)
     if head.startswith((b"BZh", b"\xfd7zXZ")):
-        raise InvalidArgument(f"{what}: bzip2/xz-compressed layers are not supported (use gzip or plain tar)")
+        raise InvalidArgument(f"{what}: bzip2/xz-compressed layers are not supported (use gzip, zstd or plain tar)")
     return "none"
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _decompressor(kind: str) -> _Decompressor:
+    """A decoder of one gzip member or one zstd frame; concatenated ones each get a new decoder."""
+    if kind == "gzip":
+        return zlib.decompressobj(31)
+    import zstandard  # only zstd layers pay for its import
+
+    return zstandard.ZstdDecompressor().decompressobj()  # type: ignore[no-any-return]
+
+
+def _stream_errors(kind: str) -> tuple[type[Exception], ...]:
+    if kind == "gzip":
+        return (zlib.error,)
+    import zstandard
+
+    return (zstandard.ZstdError,)
 
 
 class LayerReader:
@@ -41,35 +74,47 @@ class LayerReader:
         self.raw = hashlib.sha256()
         self.plain = hashlib.sha256()
         self.raw_size = 0
-        first = self._f.read(_CHUNK)
-        self._gzip = compression_of(first, what) == "gzip"
-        self._d = zlib.decompressobj(31) if self._gzip else None
+        self.what = what
         self._buf = b""
         self._pos = 0
         self._eof = False
-        self._feed(first)
+        try:
+            first = self._f.read(_CHUNK)
+            self.compression = compression_of(first, what)
+            self._d = None if self.compression == "none" else _decompressor(self.compression)
+            self._feed(first)
+        except BaseException:
+            self.close()
+            raise
 
     def _feed(self, chunk: bytes) -> None:
         if not chunk:
             self._eof = True
-            if self._d is not None:
-                rest = self._d.flush()
-                if not self._d.eof:
-                    raise InvalidArgument("layer: gzip stream is truncated")
-                self._append(rest)
+            if self._d is not None and not self._d.eof:
+                raise InvalidArgument(f"{self.what}: {self.compression} stream is truncated")
             return
         self.raw.update(chunk)
         self.raw_size += len(chunk)
         if self._d is None:
             self._append(chunk)
             return
+        try:
+            self._append(self._decompress(chunk))
+        except _stream_errors(self.compression) as exc:
+            raise InvalidArgument(f"{self.what}: corrupt {self.compression} stream: {exc}") from exc
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        assert self._d is not None
+        if self._d.eof:            # the previous member/frame ended exactly at the end of the last chunk
+            self._d = _decompressor(self.compression)
         out = [self._d.decompress(chunk)]
-        # Concatenated gzip members (pigz, some tools) are one stream: start a new decompressor on the rest.
+        # Concatenated gzip members (pigz) or zstd frames (multi-threaded zstd) are one stream: start a new
+        # decoder on the rest.
         while self._d.eof and self._d.unused_data:
             rest = self._d.unused_data
-            self._d = zlib.decompressobj(31)
+            self._d = _decompressor(self.compression)
             out.append(self._d.decompress(rest))
-        self._append(b"".join(out))
+        return b"".join(out)
 
     def _append(self, data: bytes) -> None:
         if not data:

@@ -1,4 +1,5 @@
-"""Unpacking an image's missing layers for ImageStore.layer_paths: concurrently into temp dirs, then into place."""
+"""Layers for ImageStore: unpacking an image's missing ones (layer_paths) concurrently into temp dirs, then into
+place; and a base image's layers, as they are, under a new image (add_image with a base)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from virtkit.core.errors import InvalidArgument, NotFound
+from virtkit.core.errors import IntegrityError, InvalidArgument, NotFound
 
+from ._digestio import LAYER_MEDIA, compression_of
 from ._fsutil import atomic_write, fsync_dir, new_temp_name
 
 if TYPE_CHECKING:
@@ -72,3 +74,29 @@ def place_layer(store: ImageStore, tmp: Path, dest: Path, implicit: list[str]) -
             raise
     else:
         fsync_dir(store.layers_dir)
+
+
+def base_layers(store: ImageStore, base: str) -> tuple[list[dict], list[str]]:
+    """The layer descriptors and diff_ids of manifest `base`, whose blobs must all be in `store` (the caller
+    holds the store's lock, so they stay)."""
+    try:
+        manifest = store._check_complete(base)
+    except NotFound as exc:
+        raise NotFound(f"base image {base}: {exc.message} (was it removed?)") from None
+    config = json.loads(store.read_blob(manifest["config"]["digest"]))
+    diff_ids = list((config.get("rootfs") or {}).get("diff_ids", []))
+    layers = [{**d, "mediaType": _oci_media(store, d)} for d in manifest.get("layers", [])]
+    if len(layers) != len(diff_ids):
+        raise IntegrityError(f"base image {base}: manifest has {len(layers)} layers but config lists "
+                             f"{len(diff_ids)} diff_ids")
+    return layers, diff_ids
+
+
+def _oci_media(store: ImageStore, desc: dict) -> str:
+    """A base layer's OCI media type: its own, or (Docker's labels, which tools also put on plain tars, or
+    none) the one of what its blob holds."""
+    media = desc.get("mediaType")
+    if isinstance(media, str) and media.startswith("application/vnd.oci."):
+        return media
+    with open(store.blobs / hex_of(desc["digest"]), "rb") as f:
+        return LAYER_MEDIA[compression_of(f.read(8), f"layer {desc['digest']}")]

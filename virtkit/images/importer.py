@@ -1,4 +1,5 @@
-"""Import of images from files: an OCI image layout (directory or tar) or a docker-archive tar (`podman save`).
+"""Import of images from files: an OCI image layout (directory or tar), a docker-archive tar (`podman save`), or
+a `skopeo copy ... dir:` directory (a manifest and its blobs, named by digest).
 
 Every blob is copied into a private staging directory under the store's tmp/ while its digest is checked; only
 when all of them are there and verified does ImageStore.commit move them into place and write the name, last and
@@ -18,18 +19,10 @@ from typing import IO, Any
 
 from virtkit.core.errors import IntegrityError, InvalidArgument
 
-from ._digestio import LayerReader, compression_of
+from ._digestio import LAYER_MEDIA, LayerReader, compression_of
 from ._fsutil import new_temp_name
 from ._sources import Source, open_source
-from .store import (
-    MEDIA_CONFIG,
-    MEDIA_LAYER_GZIP,
-    MEDIA_LAYER_TAR,
-    MEDIA_MANIFEST,
-    ImageInfo,
-    ImageStore,
-    normalize_name,
-)
+from .store import MEDIA_CONFIG, MEDIA_MANIFEST, ImageInfo, ImageStore, normalize_name
 
 __all__ = ["import_image"]
 
@@ -39,12 +32,21 @@ MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 _MANIFEST_TYPES = {MEDIA_MANIFEST, MEDIA_DOCKER_MANIFEST}
 _INDEX_TYPES = {MEDIA_INDEX, MEDIA_DOCKER_LIST}
 _NAME_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+# layer media types we take, with the compression each says its blob has (None: the label does not say)
+_LAYER_TYPES: dict[str | None, str | None] = {
+    **{media: kind for kind, media in LAYER_MEDIA.items()},
+    **{media.replace(".layer.", ".layer.nondistributable."): kind for kind, media in LAYER_MEDIA.items()},
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": None,
+    "application/vnd.docker.image.rootfs.diff.tar": None,
+    None: None,
+}
 _CHUNK = 1 << 20
 
 
 def import_image(store: ImageStore, path: str | os.PathLike, name: str | None = None,
                  progress: Callable[[str], None] | None = None) -> ImageInfo:
-    """Import the image at `path` (OCI layout dir/tar or docker-archive tar) as `name` (default: its own)."""
+    """Import the image at `path` (OCI layout dir/tar, docker-archive tar, skopeo dir) as `name` (default: its
+    own; a skopeo dir has none)."""
     say = progress or (lambda _m: None)
     if name is not None:
         name = normalize_name(name)
@@ -54,6 +56,9 @@ def import_image(store: ImageStore, path: str | os.PathLike, name: str | None = 
             if not src.has("oci-layout"):
                 raise InvalidArgument(f"{src.label}: has index.json but no oci-layout file: not an OCI image layout")
             ref, desc = _oci_import(src, stage, name, say)
+        elif src.has("manifest.json") and src.has("version") and \
+                src.read("version", "version").startswith(b"Directory Transport Version"):
+            ref, desc = _skopeo_dir_import(src, stage, name, say)
         elif src.has("manifest.json"):
             ref, desc = _docker_import(src, stage, name, say)
         else:
@@ -96,15 +101,18 @@ class _Staging:
             raise InvalidArgument(f"{src.label}: {what} {name!r} is not valid JSON: {exc}") from exc
 
     def put_layer(self, f: IO[bytes], what: str, want_digest: str | None, want_diff_id: str | None,
-                  decompress: bool) -> tuple[str, str | None, int, bool]:
+                  decompress: bool, want_compression: str | None = None) -> tuple[str, str | None, int, str]:
         """Copy a layer into staging, hashing it (and, with `decompress`, its tar); returns
-        (digest, diff_id or None, size, gzip?) after checking them against what the manifest says."""
+        (digest, diff_id or None, size, compression) after checking them against what the manifest says."""
         tmp = self.dir / new_temp_name()
         with open(tmp, "wb") as out:
             head = f.read(512)
-            gz = compression_of(head, what) == "gzip"
-            if not gz and not _looks_like_tar(head):
-                raise InvalidArgument(f"{what}: is not a tar archive (nor a gzip-compressed one)")
+            compression = compression_of(head, what)
+            if compression == "none" and not _looks_like_tar(head):
+                raise InvalidArgument(f"{what}: is not a tar archive (nor a gzip- or zstd-compressed one)")
+            if want_compression is not None and compression != want_compression:
+                raise InvalidArgument(f"{what}: its media type says {_kind_name(want_compression)}, but the blob is"
+                                      f" {_kind_name(compression)}")
             tee = _Tee(f, out, head)
             diff_id: str | None = None
             if decompress:
@@ -124,7 +132,7 @@ class _Staging:
         hexd = digest.removeprefix("sha256:")
         os.rename(tmp, self.dir / hexd)
         self.files[hexd] = self.dir / hexd
-        return digest, diff_id, size, gz
+        return digest, diff_id, size, compression
 
     @staticmethod
     def _check(actual: str, expected: str, what: str) -> None:
@@ -145,6 +153,10 @@ class _Tee:
             data = self.src.read(n if n and n > 0 else _CHUNK)
         self.out.write(data)
         return data
+
+
+def _kind_name(compression: str) -> str:
+    return "an uncompressed tar" if compression == "none" else f"{compression}-compressed"
 
 
 def _looks_like_tar(head: bytes) -> bool:
@@ -231,13 +243,33 @@ def _oci_import(src: Source, stage: _Staging, name: str | None, say: Callable[[s
     ref, desc = _pick([(_ref_of(d), d) for d in entries if isinstance(d, dict)], name, src.label)
     desc = _resolve_index(src, desc)
     digest = _digest_ok(desc.get("digest"), f"{src.label}: manifest")
-    media = desc.get("mediaType", MEDIA_MANIFEST)
     raw, manifest = stage.put_json(src, _blob(digest), digest, f"manifest {digest}")
+    return ref, _manifest_import(src, stage, raw, manifest, desc.get("mediaType", MEDIA_MANIFEST), _blob, say)
+
+
+def _skopeo_dir_import(src: Source, stage: _Staging, name: str | None,
+                       say: Callable[[str], None]) -> tuple[str, dict]:
+    """skopeo's `dir:` transport: manifest.json is the image manifest itself; blobs are named by their hex."""
+    raw = src.read("manifest.json", "manifest.json")
+    stage.put_bytes(raw)
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"{src.label}: manifest.json is not valid JSON: {exc}") from exc
+    ref, _ = _pick([(None, manifest)], name, src.label)
+    return ref, _manifest_import(src, stage, raw, manifest, MEDIA_MANIFEST, lambda d: d[7:], say)
+
+
+def _manifest_import(src: Source, stage: _Staging, raw: bytes, manifest: Any, media: str,
+                     blob: Callable[[str], str], say: Callable[[str], None]) -> dict:
+    """Stage the config and layers of `manifest` (its own bytes `raw`, already staged), each read from the
+    archive name `blob(digest)` and verified; returns the manifest's descriptor."""
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     media = manifest.get("mediaType", media) if isinstance(manifest, dict) else media
     if media not in _MANIFEST_TYPES or not isinstance(manifest, dict):
         raise InvalidArgument(f"{src.label}: manifest {digest} has unsupported media type {media!r}")
     cfg_digest = _digest_ok((manifest.get("config") or {}).get("digest"), f"manifest {digest}: config")
-    _, config = stage.put_json(src, _blob(cfg_digest), cfg_digest, f"config {cfg_digest}")
+    _, config = stage.put_json(src, blob(cfg_digest), cfg_digest, f"config {cfg_digest}")
     layers = manifest.get("layers")
     diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
     if not isinstance(layers, list) or not isinstance(diff_ids, list) or len(layers) != len(diff_ids):
@@ -245,12 +277,17 @@ def _oci_import(src: Source, stage: _Staging, name: str | None, say: Callable[[s
                               f" ({len(layers or [])} layers, {len(diff_ids or [])} diff_ids)")
     for i, layer in enumerate(layers):
         ld = _digest_ok(layer.get("digest") if isinstance(layer, dict) else None, f"manifest {digest}: layers[{i}]")
+        media = layer.get("mediaType")
+        if not isinstance(media, str | None) or media not in _LAYER_TYPES:
+            raise InvalidArgument(f"{src.label}: layer {ld} has media type {media!r}, which virtkit cannot unpack"
+                                  " (a tar layer, plain or gzip- or zstd-compressed, is needed)")
         say(f"copying layer {i + 1}/{len(layers)} {ld[7:19]} ({layer.get('size', '?')} bytes)")
-        with src.open(_blob(ld), f"layer {ld}") as f:
+        with src.open(blob(ld), f"layer {ld}") as f:
             # The diff_id is checked where the layer is unpacked, in that same pass (see ImageStore.layer_paths).
-            stage.put_layer(f, f"{src.label}: layer {ld}", ld, None, decompress=False)
-    return ref, {"mediaType": media, "digest": digest, "size": len(raw),
-                 "platform": {"architecture": config.get("architecture", "amd64"), "os": config.get("os", "linux")}}
+            stage.put_layer(f, f"{src.label}: layer {ld}", ld, None, decompress=False,
+                            want_compression=_LAYER_TYPES[media])
+    return {"mediaType": media, "digest": digest, "size": len(raw),
+            "platform": {"architecture": config.get("architecture", "amd64"), "os": config.get("os", "linux")}}
 
 
 def _resolve_index(src: Source, desc: dict) -> dict:
@@ -309,9 +346,9 @@ def _docker_import(src: Source, stage: _Staging, name: str | None, say: Callable
         _digest_ok(diff_id, f"config {cfg_name!r}: diff_ids[{i}]")
         say(f"copying layer {i + 1}/{len(layer_names)} {lname}")
         with src.open(str(lname), "layer") as f:
-            digest, _, size, gz = stage.put_layer(f, f"{src.label}: layer {lname!r}", None, diff_id,
-                                                  decompress=True)
-        descs.append({"mediaType": MEDIA_LAYER_GZIP if gz else MEDIA_LAYER_TAR, "digest": digest, "size": size})
+            digest, _, size, compression = stage.put_layer(f, f"{src.label}: layer {lname!r}", None, diff_id,
+                                                           decompress=True)
+        descs.append({"mediaType": LAYER_MEDIA[compression], "digest": digest, "size": size})
     manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
                 "config": {"mediaType": MEDIA_CONFIG, "digest": cfg_digest, "size": len(cfg_raw)},
                 "layers": descs}

@@ -30,6 +30,7 @@ __all__ = [
     "MEDIA_INDEX",
     "MEDIA_LAYER_GZIP",
     "MEDIA_LAYER_TAR",
+    "MEDIA_LAYER_ZSTD",
     "MEDIA_MANIFEST",
     "ImageInfo",
     "ImageStore",
@@ -41,6 +42,7 @@ MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 # An index entry whose name was taken by a newer image keeps its old name here: stopped instances may still
 # use its layers, so only prune (which knows the names instances use) drops it.
@@ -181,13 +183,21 @@ class ImageStore:
 
     # -- writes -------------------------------------------------------------------------------------
 
-    def add_image(self, name: str, layer_tars: builtins.list[str | Path], config: dict) -> ImageInfo:
+    def add_image(self, name: str, layer_tars: builtins.list[str | Path], config: dict,
+                  base: str | None = None) -> ImageInfo:
+        """Store `layer_tars` (uncompressed, lowest first; gzipped here) as image `name`.
+
+        With `base` (a manifest digest in the store), the new image is that image's layers, their blobs taken
+        as they are (same digests, nothing re-compressed or copied), with `layer_tars` on top.
+        """
         ref = normalize_name(name)
         if not isinstance(config, dict):
             raise InvalidArgument("config: must be a dict (an OCI image config document)")
         if not isinstance(layer_tars, (list, tuple)):
             raise InvalidArgument("layer_tars: must be a list of tar file paths, lowest first")
         import tarfile  # only writers need it
+
+        from ._layers import base_layers
         for i, t in enumerate(layer_tars):
             if not Path(t).is_file():
                 raise InvalidArgument(f"layer_tars[{i}]: {t} is not a file")
@@ -195,7 +205,7 @@ class ImageStore:
                 raise InvalidArgument(f"layer_tars[{i}]: {t} is not an uncompressed tar archive")
         # The whole add holds the lock so garbage collection never sees our blobs before the index does.
         with self._locked():
-            layer_descs, diff_ids = [], []
+            layer_descs, diff_ids = base_layers(self, base) if base is not None else ([], [])
             for t in layer_tars:
                 desc, diff_id = self._put_layer(Path(t))
                 layer_descs.append(desc)

@@ -121,11 +121,9 @@ class _Unpacker:
         reader: LayerReader | None = None
         try:
             try:
-                if expect is None:
-                    tf = tarfile.open(tar_path, mode="r|*")  # noqa: SIM115 - closed by the with below
-                else:
-                    reader = LayerReader(tar_path, what=f"layer {expect[0]}")
-                    tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+                # plain, gzip or zstd (which tarfile cannot read itself), decompressed and hashed in one pass
+                reader = LayerReader(tar_path, what=f"layer {expect[0] if expect else tar_path}")
+                tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
             except (tarfile.TarError, OSError, zlib.error) as exc:
                 raise InvalidArgument(f"layer {tar_path}: not a readable tar archive: {exc}") from exc
             with tf:

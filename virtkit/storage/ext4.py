@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 
 from virtkit.core.errors import SystemFailure, Unsupported
 from virtkit.storage import loop, mounts
@@ -65,6 +66,7 @@ def unmount_image(image: str, target: str) -> None:
                 if not mounts.is_mounted(target):
                     break
                 raise exc
+    busy = False
     for dev in loop.devices_of(image):
         try:
             loop.detach(dev)
@@ -72,3 +74,9 @@ def unmount_image(image: str, target: str) -> None:
             # busy: still mounted elsewhere (a lazy unmount in progress); autoclear finishes the job
             if getattr(exc.__cause__, "errno", None) != errno.EBUSY:
                 raise
+            busy = True
+    # The kernel finishes a detach (ours, or autoclear's at unmount) in a work queue: wait for it, so that
+    # what the caller sees next (a volume removed, a leak check) is a device already gone.
+    deadline = time.monotonic() + 5
+    while not busy and loop.devices_of(image) and time.monotonic() < deadline:
+        time.sleep(0.005)
