@@ -17,6 +17,10 @@ class FakeFabric:
         self.rules: Any = None
         self.hosts: dict[str, str] = {}
         self.routes = [ipaddress.IPv4Network("10.80.0.0/24"), ipaddress.IPv4Network("192.0.2.0/24")]
+        self.routes6 = [ipaddress.IPv6Network("fd00::/64"), ipaddress.IPv6Network("fe80::/64"),
+                        ipaddress.IPv6Network("::/0")]
+        self.bridges6: dict[int, str] = {}
+        self.forward6 = False
         self.fail_attach = False
         self.removed_ifaces: list[str] = []
         self.busy: set[tuple[str | None, int, str]] = set()
@@ -30,14 +34,22 @@ class FakeFabric:
     def veth_name(self, instance_id: str, network: str) -> str:
         return f"vkvtest{instance_id[:6]}"
 
-    def ensure_network(self, index: int, gateway: str, prefixlen: int) -> None:
+    def ensure_network(self, index: int, gateway: str, prefixlen: int, gateway6: str | None = None,
+                       prefixlen6: int | None = None, forward6: bool = False) -> None:
         self.bridges[index] = f"{gateway}/{prefixlen}"
+        if gateway6:
+            self.bridges6[index] = f"{gateway6}/{prefixlen6}"
+        self.forward6 = self.forward6 or forward6
 
     def remove_network(self, index: int) -> None:
         self.bridges.pop(index, None)
+        self.bridges6.pop(index, None)
 
     def host_routes(self) -> list[ipaddress.IPv4Network]:
         return list(self.routes)
+
+    def host_routes6(self) -> list[ipaddress.IPv6Network]:
+        return list(self.routes6)
 
     def apply_rules(self, rs: Any) -> None:
         self.rules = rs
@@ -104,6 +116,24 @@ class FakeFabric:
     def close(self) -> None:
         self.held.clear()
         self.closed = True
+
+
+def attach_instance(svc: Any, store: Any, name: str, itype: str = "container", state: str = "created",
+                    **req: Any) -> Any:
+    """An instance record made as InstanceService.create makes it, through the network hooks (prepare, created)."""
+    import secrets
+    import time
+
+    from virtkit.core.models import Instance
+    from virtkit.core.options import validate_create
+
+    inst = Instance(id=secrets.token_hex(16), name=name, type=itype, state=state, image="busybox",
+                    spec=validate_create({"image": "busybox", **req}), created_at=time.time())
+    store.add_instance(inst)
+    svc.prepare(inst)
+    inst = store.update_instance(inst.id, spec=inst.spec)
+    svc.created(inst)
+    return inst
 
 
 @pytest.fixture

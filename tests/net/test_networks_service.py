@@ -80,7 +80,7 @@ def test_leases_unique_static_exhaustion_release(store, fabric):
 
 def test_concurrent_creates_never_share_an_address(store, fabric):
     svc = NetworkService(store, fabric)
-    svc.create({"name": "busy", "subnet": "10.77.3.0/24"})
+    svc.create({"name": "busy", "subnet": "10.77.3.0/24", "subnet6": "fd00:77:3::/64"})    # both families
     svc2 = NetworkService(store, fabric)          # no shared lock: only the store's constraint protects
     insts = [_inst(store, f"c{i}", network="busy") for i in range(24)]
     errors: list[BaseException] = []
@@ -99,6 +99,8 @@ def test_concurrent_creates_never_share_an_address(store, fabric):
     assert not errors
     addrs = [le.address for le in store.list_leases(network="busy")]
     assert len(addrs) == 24 and len(set(addrs)) == 24
+    addrs6 = [le.address6 for le in store.list_leases(network="busy")]
+    assert len(set(addrs6)) == 24 and None not in addrs6
 
 
 def test_failed_attach_releases_the_lease(store, fabric):

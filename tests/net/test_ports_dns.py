@@ -121,3 +121,56 @@ def test_name_server_says_once_what_it_cannot_serve():
     finally:
         ns.close()
         taken.close()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this host")
+def test_loopback6_is_relayed_to_the_target_and_let_go_with_the_reservation():
+    server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind(("::1", 0))
+    server.listen(4)
+    target_port = server.getsockname()[1]
+
+    def echo() -> None:
+        for _ in range(2):
+            conn, _addr = server.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(4096):
+                    data += chunk
+                conn.sendall(data.upper())
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    res = PortReservations()
+    port = _free_port()
+    try:
+        res.reserve("a", [{"host_ip": None, "host_port": port, "port": target_port, "proto": "tcp",
+                           "relay6": "::1"}])
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as other:     # a program of the host's on [::1]
+            other.bind(("::1", 0))
+            busy = other.getsockname()[1]
+            with pytest.raises(InUse, match=rf"\[::1\]:{busy}/tcp is in use"):
+                res.probe([{"host_ip": None, "host_port": busy, "port": 1, "proto": "tcp", "relay6": "::1"}])
+        for payload in (b"hello", b"x" * 300_000):         # both ways, half-close passed on, big enough to stream
+            with socket.create_connection(("::1", port), timeout=5) as c:
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := c.recv(65536):
+                    got += chunk
+            assert got == payload.upper()
+    finally:
+        res.release_all()
+        server.close()
+        t.join(5)
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("::1", port))

@@ -91,6 +91,8 @@ def create_app(ctx: Context) -> FastAPI:
             return svc.resume(name).to_dict()
         if action == "update":
             return svc.update(name, body).to_dict()
+        if action == "rename":
+            return svc.rename(name, body.get("name")).to_dict()
         raise InvalidArgument(f"unknown action {action!r}")
 
     @app.delete("/v1/instances/{name}")

@@ -34,7 +34,7 @@ def remove_network(request: Request, name: str) -> dict[str, Any]:
 @router.post("/v1/networks/{name}/connect")
 def connect_instance(request: Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
     return request.app.state.ctx.networks.connect(  # type: ignore[no-any-return]
-        name, str(body.get("instance") or ""), body.get("ip"))
+        name, str(body.get("instance") or ""), body.get("ip"), body.get("ip6"))
 
 
 @router.post("/v1/networks/{name}/disconnect")

@@ -18,6 +18,9 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--subnet", help="IPv4 subnet, e.g. 10.77.1.0/24 (default: a free /24)")
     c.add_argument("--nat", action="store_true", help="masquerade traffic leaving the host")
     c.add_argument("--isolated", action="store_true", help="no route out of the network")
+    c.add_argument("--ipv6", action="store_true", help="IPv6 too: each instance also gets an IPv6 address")
+    c.add_argument("--subnet6", help="IPv6 subnet, e.g. fd00:77:1::/64 (default: a free /64 of a ULA prefix; "
+                                     "implies --ipv6)")
     ls = net.add_parser("list", aliases=["ls"], help="list networks")
     ls.add_argument("--json", action="store_true")
     sh = net.add_parser("show", aliases=["inspect"], help="show a network as JSON")
@@ -26,6 +29,7 @@ def add_parser(sub: Any) -> None:
     co.add_argument("network")
     co.add_argument("instance")
     co.add_argument("--ip", help="static address on the network")
+    co.add_argument("--ip6", help="static IPv6 address on the network")
     dc = net.add_parser("disconnect", help="remove an instance's interface on NETWORK (its primary one too: its "
                                           "published ports go with it; connect makes a new primary)")
     dc.add_argument("network")
@@ -37,7 +41,7 @@ def add_parser(sub: Any) -> None:
 def cmd_network(c: Client, a: argparse.Namespace) -> int:
     sub = {"ls": "list", "inspect": "show"}.get(a.network_cmd, a.network_cmd)
     if sub == "create":
-        net = c.create_network(a.name, a.subnet, nat=a.nat, isolated=a.isolated)
+        net = c.create_network(a.name, a.subnet, nat=a.nat, isolated=a.isolated, ipv6=a.ipv6, subnet6=a.subnet6)
         print(net["name"])
         return 0
     if sub == "list":
@@ -45,8 +49,8 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(nets, indent=2))
             return 0
-        table(["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MODE", "INSTANCES"],
-              [[n["name"], n["subnet"], n["gateway"], n["bridge"],
+        table(["NAME", "SUBNET", "GATEWAY", "SUBNET6", "BRIDGE", "MODE", "INSTANCES"],
+              [[n["name"], n["subnet"], n["gateway"], n.get("subnet6") or "-", n["bridge"],
                 "isolated" if n["isolated"] else ("nat" if n["nat"] else "routed"),
                 ",".join(i["name"] for i in n["instances"]) or "-"] for n in nets])
         return 0
@@ -56,8 +60,8 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
     if sub == "rm":
         return each(a.names, c.remove_network)
     if sub == "connect":
-        made = c.connect_network(a.network, a.instance, ip=a.ip)
-        print(f"{made['instance']} {made['ifname']} {made['address']}")
+        made = c.connect_network(a.network, a.instance, ip=a.ip, ip6=a.ip6)
+        print(" ".join(made[k] for k in ("instance", "ifname", "address", "address6") if made.get(k)))
         return 0
     if sub == "disconnect":
         c.disconnect_network(a.network, a.instance)

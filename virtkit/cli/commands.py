@@ -34,8 +34,8 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "name": a.name, "cpus": a.cpus, "memory": a.memory, "pids": a.pids, "env": a.env,
         "volumes": a.volume, "cap_add": a.cap_add, "cap_drop": a.cap_drop, "workdir": a.workdir,
-        "hostname": a.hostname, "auto_remove": a.rm, "network": a.network, "ip": a.ip, "ports": a.publish,
-        "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel, "engine": a.engine,
+        "hostname": a.hostname, "auto_remove": a.rm, "network": a.network, "ip": a.ip, "ip6": a.ip6,
+        "ports": a.publish, "rate": a.rate, "type": "vm" if a.vm else None, "accel": a.accel, "engine": a.engine,
         "kernel": os.path.abspath(a.kernel) if a.kernel else None, "kernel_format": a.kernel_format,
         "memory_swappiness": a.memory_swappiness, "oom_kill_disable": a.oom_kill_disable or None,
         "cpu_weight": a.cpu_weight, "cpuset_cpus": a.cpuset_cpus, "disk_size": a.disk_size,
@@ -60,6 +60,11 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_update(c: Client, a: argparse.Namespace) -> int:
     return each(a.names, lambda n: c.update(n, cpu_weight=a.cpu_weight, cpus=a.cpus, cpuset_cpus=a.cpuset_cpus))
+
+
+def cmd_rename(c: Client, a: argparse.Namespace) -> int:
+    c.rename(a.old, a.new)
+    return 0
 
 
 def cmd_list(c: Client, a: argparse.Namespace) -> int:

@@ -179,6 +179,10 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
         changes = {"cpu_weight": cpu_weight, "cpus": cpus, "cpuset_cpus": cpuset_cpus}
         return self._act(name, "update", {k: v for k, v in changes.items() if v is not None})
 
+    def rename(self, name: str, new_name: str) -> dict[str, Any]:
+        """Rename an instance (running or not); names inside its networks follow."""
+        return self._act(name, "rename", {"name": new_name})
+
     def _act(self, name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.t.request("POST", path_of("v1", "instances", name, action), body or {})  # type: ignore[no-any-return]
 

@@ -33,6 +33,23 @@ def _describe(port: dict[str, Any]) -> str:
     return f"{port.get('host_ip') or '0.0.0.0'}:{port['host_port']}/{port['proto']}"
 
 
+def _with_relay(instance: Instance) -> list[dict[str, Any]]:
+    """Its published ports; a TCP one on every address also says where [::1] goes when the instance has an IPv6
+    address on its primary network (net.relay: DNAT cannot carry ::1)."""
+    addr6 = (instance.spec.get("net") or {}).get("address6")
+    return [{**p, "relay6": addr6} if addr6 and p.get("host_ip") is None and p["proto"] == "tcp" else p
+            for p in instance.spec.get("ports") or []]
+
+
+def _v6(net: Network, address6: str | None, route: bool) -> dict[str, Any]:
+    """The IPv6 side of an interface on `net` (none on a network without IPv6); a default route only with
+    `route`, never on an isolated network."""
+    if not address6 or not net.subnet6:
+        return {}
+    return {"address6": address6, "prefixlen6": ipaddress.IPv6Network(net.subnet6).prefixlen,
+            "gateway6": net.gateway6 if route and not net.isolated else None}
+
+
 class InstanceNetworking:
     store: Store
     fabric: Any
@@ -45,7 +62,8 @@ class InstanceNetworking:
 
     if TYPE_CHECKING:
         def get(self, name: str) -> Network: ...
-        def _allocate(self, net: Network, instance: Instance, static: str | None) -> Lease: ...
+        def _allocate(self, net: Network, instance: Instance, static: str | None,
+                      static6: str | None = None) -> Lease: ...
         def _apply_rules(self, empty: bool = False) -> None: ...
         def _publish_names(self) -> None: ...
 
@@ -61,20 +79,21 @@ class InstanceNetworking:
                 hint = " (virtkitd could not make it: see its log)" if name == "default" else ""
                 raise NotFound(f"network: '{name}' not found{hint} (see `virtkit network list`)") from exc
             self._check_ports(instance, hold=False)
-            lease = self._allocate(net, instance, instance.spec.get("ip"))
+            lease = self._allocate(net, instance, instance.spec.get("ip"), instance.spec.get("ip6"))
             try:
                 subnet = ipaddress.IPv4Network(net.subnet)
                 route = None if net.isolated else net.gateway
+                v6 = _v6(net, lease.address6, route=True)
                 if instance.type == "container":
                     made = self.fabric.attach(
                         instance_id=instance.id, network=net.name, index=net.index, address=lease.address,
-                        prefixlen=subnet.prefixlen, gateway=route, mac=lease.mac)
+                        prefixlen=subnet.prefixlen, gateway=route, mac=lease.mac, **v6)
                     extra: dict[str, Any] = {"gateway": net.gateway}
                 else:   # a VM: its VMM opens the TAP; the guest's /init configures eth0 and its resolver from these
                     made = self.fabric.attach_tap(instance_id=instance.id, network=net.name, index=net.index)
                     extra = {"gateway": route, "dns": net.gateway}
                 instance.spec["net"] = {**made, "network": net.name, "address": lease.address, "mac": lease.mac,
-                                        "prefixlen": subnet.prefixlen, **extra}
+                                        "prefixlen": subnet.prefixlen, **extra, **v6}
                 if instance.spec.get("rate") and instance.type == "container":
                     self.fabric.set_rate(instance.id, made["veth"], int(instance.spec["rate"]))
                 self._apply_rules()
@@ -116,6 +135,18 @@ class InstanceNetworking:
         if instance.spec.get("net"):
             self._release(instance)
 
+    def renamed(self, before: Instance, after: Instance) -> None:
+        """Its names follow on every network it is on: peers' hosts files and the VMs' name server know the new
+        name, not the old. A container keeps the kernel hostname it was made with (as Docker's); its own hosts
+        file goes on listing that one for its address (spec "uts_hostname"), peers' files do not."""
+        if not after.spec.get("net"):
+            return
+        with self._lock:
+            if after.type == "container" and not after.spec.get("hostname") and not after.spec.get("uts_hostname"):
+                after = self.store.update_instance(after.id, spec={**after.spec, "uts_hostname": before.name})
+            self._refresh_hosts({le.network for le in self.store.list_leases(instance_id=after.id)},
+                                also=frozenset({after.id}))
+
     def _rebuild(self, instance: Instance) -> None:
         net_spec = instance.spec["net"]
         leases = self.store.list_leases(instance_id=instance.id)
@@ -127,14 +158,16 @@ class InstanceNetworking:
             subnet = ipaddress.IPv4Network(primary.subnet)
             self.fabric.attach(instance_id=instance.id, network=primary.name, index=primary.index,
                                address=net_spec["address"], prefixlen=subnet.prefixlen,
-                               gateway=None if primary.isolated else primary.gateway, mac=net_spec["mac"])
+                               gateway=None if primary.isolated else primary.gateway, mac=net_spec["mac"],
+                               **_v6(primary, net_spec.get("address6"), route=True))
         else:
             self.fabric.ensure_netns(instance.id)
         for name, extra in (instance.spec.get("net_extra") or {}).items():
             net = self.get(name)
             self.fabric.add_interface(instance_id=instance.id, veth=extra["veth"], index=net.index,
                                       address=extra["address"], mac=extra["mac"], ifname=extra["ifname"],
-                                      prefixlen=ipaddress.IPv4Network(net.subnet).prefixlen)
+                                      prefixlen=ipaddress.IPv4Network(net.subnet).prefixlen,
+                                      **_v6(net, extra.get("address6"), route=False))
         if instance.spec.get("rate") and net_spec.get("veth"):
             self.fabric.set_rate(instance.id, net_spec["veth"], int(instance.spec["rate"]))
 
@@ -172,9 +205,9 @@ class InstanceNetworking:
                 continue
             raise InUse(f"port: host port {_describe(clash)} is already allocated to instance '{other.name}'")
         if hold:
-            self.fabric.reserve_ports(instance.id, mine)
+            self.fabric.reserve_ports(instance.id, _with_relay(instance))
         else:
-            self.fabric.probe_ports(mine)
+            self.fabric.probe_ports(_with_relay(instance))
 
     def _holds(self, other: Instance) -> bool:
         if other.state in LIVE_STATES:
@@ -190,19 +223,21 @@ class InstanceNetworking:
                 continue
             try:
                 if self.live(inst):
-                    self.fabric.reserve_ports(inst.id, inst.spec["ports"])
+                    self.fabric.reserve_ports(inst.id, _with_relay(inst))
             except Exception as exc:
                 print(f"virtkitd: instance '{inst.name}' lost its published ports: {exc}", file=sys.stderr,
                       flush=True)
 
     # -- connect / disconnect a (running or stopped) instance -----------------------------------------
-    def connect(self, network: str, instance_name: str, ip: str | None = None) -> dict[str, Any]:
+    def connect(self, network: str, instance_name: str, ip: str | None = None,
+                ip6: str | None = None) -> dict[str, Any]:
         """One more interface (eth1, eth2 ...) on `network`, without a default route (that stays on eth0); on an
         instance with no network left, eth0 with the default route and its published ports."""
-        if ip is not None:
+        if ip is not None or ip6 is not None:
             from virtkit.core.options import validate_network_options
 
-            ip = validate_network_options({"ip": ip})["ip"]
+            asked = validate_network_options({"ip": ip, "ip6": ip6})
+            ip, ip6 = asked["ip"], asked.get("ip6")
         with self._lock:
             inst = self.store.get_instance(instance_name)
             net = self.get(network)
@@ -216,18 +251,20 @@ class InstanceNetworking:
             extra = dict(inst.spec.get("net_extra") or {})
             used = {"eth0"} | {e["ifname"] for e in extra.values()}
             ifname = "eth0" if primary else next(f"eth{i}" for i in range(1, 64) if f"eth{i}" not in used)
-            lease = self._allocate(net, inst, ip)
+            lease = self._allocate(net, inst, ip, ip6)
             veth = self.fabric.veth_name(inst.id, net.name)
             prefixlen = ipaddress.IPv4Network(net.subnet).prefixlen
-            made = {"veth": veth, "ifname": ifname, "address": lease.address, "mac": lease.mac}
+            made = {"veth": veth, "ifname": ifname, "address": lease.address, "mac": lease.mac,
+                    **({"address6": lease.address6} if lease.address6 else {})}
+            v6 = _v6(net, lease.address6, route=primary)
             try:
                 self.fabric.add_interface(instance_id=inst.id, veth=veth, index=net.index, address=lease.address,
                                           prefixlen=prefixlen, mac=lease.mac, ifname=ifname,
-                                          gateway=net.gateway if primary and not net.isolated else None)
+                                          gateway=net.gateway if primary and not net.isolated else None, **v6)
                 if primary:
                     spec = {**inst.spec, "network": net.name,
                             "net": {**inst.spec["net"], **made, "network": net.name, "gateway": net.gateway,
-                                    "prefixlen": prefixlen}}
+                                    "prefixlen": prefixlen, **v6}}
                     inst = self.store.update_instance(inst.id, spec=spec)
                     if inst.spec.get("rate"):
                         self.fabric.set_rate(inst.id, veth, int(inst.spec["rate"]))
@@ -293,11 +330,15 @@ class InstanceNetworking:
                 for le in leases:
                     peer = by_id.get(le.instance_id)
                     if le.network in mine and peer is not None and le.instance_id != iid:
-                        names.append((le.address, peer.name))
-                        if peer.spec.get("hostname") and peer.spec["hostname"] != peer.name:
-                            names.append((le.address, peer.spec["hostname"]))
+                        for addr in (le.address, le.address6):
+                            if addr:
+                                names.append((addr, peer.name))
+                            if addr and peer.spec.get("hostname") and peer.spec["hostname"] != peer.name:
+                                names.append((addr, peer.spec["hostname"]))
                 host = inst.spec.get("hostname") or inst.name
-                self.fabric.write_hosts(iid, render(host, (inst.spec.get("net") or {}).get("address"), names))
+                aliases = [a for a in (inst.spec.get("uts_hostname"),) if a and a != host]
+                own = inst.spec.get("net") or {}
+                self.fabric.write_hosts(iid, render(host, own.get("address"), names, aliases, own.get("address6")))
         except Exception as exc:  # a stale hosts file is not worth failing a create or rm for
             print(f"virtkitd: updating hosts files of {sorted(networks)} failed: {exc}", file=sys.stderr, flush=True)
         self._publish_names()

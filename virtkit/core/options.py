@@ -298,6 +298,10 @@ def validate_network_options(req: dict[str, Any]) -> dict[str, Any]:
         if network == "none":
             raise InvalidArgument("ip: an address needs a network (not --network none)")
     out["ip"] = ip
+    if req.get("ip6") is not None:
+        from virtkit.core.network_model import parse_ip6
+
+        out["ip6"] = parse_ip6(req["ip6"], network)
     ports = [parse_port(p) for p in req.get("ports") or []]
     if ports and network == "none":
         raise InvalidArgument("ports: publishing a port needs a network (not --network none)")

@@ -253,6 +253,26 @@ class InstanceService:
         drv.update_cpu(dataclasses.replace(inst, spec=spec), inst.state in (S.RUNNING, S.PAUSED))
         return self.store.update_instance(inst.id, spec=spec)
 
+    def rename(self, name: str, new_name: Any) -> Instance:
+        """Docker's rename, in any state: the name is checked as at create and must be free; then the hooks with
+        a `renamed(before, after)` (networks: names inside the instance's networks) follow. Nothing else keys on
+        the name: files, cgroups and logs go by id."""
+        from virtkit.core.errors import AlreadyExists
+        from virtkit.core.names import validate_rename
+
+        inst = self.get(name)
+        new_name = validate_rename(inst.name, new_name)
+        with self._lock:
+            clash = next((i for i in self.store.list_instances() if i.name == new_name), None)
+            if clash is not None:
+                raise AlreadyExists(f"name: '{new_name}' is already in use by instance {clash.id[:12]}; remove "
+                                    "or rename that one first")
+            renamed = self.store.update_instance(inst.id, name=new_name)
+        for hook in self.hooks:
+            if hasattr(hook, "renamed"):
+                hook.renamed(inst, renamed)
+        return renamed
+
     # -- remove ---------------------------------------------------------------------------------------
     def remove(self, name: str, force: bool = False) -> None:
         inst = self.get(name)

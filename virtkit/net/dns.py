@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 TTL = 5                  # seconds: membership changes, answers must not outlive it by much
 FORWARD_TIMEOUT = 4.0
 MAX_PENDING = 256        # forwarded queries in flight, all networks together
-QTYPE_A, QTYPE_ANY, QCLASS_IN = 1, 255, 1
+QTYPE_A, QTYPE_AAAA, QTYPE_ANY, QCLASS_IN = 1, 28, 255, 1
 RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_NOTIMP = 1, 2, 3, 4
 
 
@@ -33,6 +33,7 @@ RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_NOTIMP = 1, 2, 3, 4
 class Zone:
     names: dict[str, str] = field(default_factory=dict)     # lower-case name -> IPv4 address
     forward: bool = True                                      # unknown names go to the host's resolvers
+    names6: dict[str, str] = field(default_factory=dict)    # lower-case name -> IPv6 address (networks with IPv6)
 
 
 def parse_query(data: bytes) -> tuple[int, int, str, int, int, bytes] | None:
@@ -60,14 +61,17 @@ def parse_query(data: bytes) -> tuple[int, int, str, int, int, bytes] | None:
     return qid, flags, ".".join(labels).lower(), qtype, qclass, data[12:pos + 4]
 
 
-def reply(qid: int, qflags: int, question: bytes, rcode: int = 0, address: str | None = None) -> bytes:
-    """A response carrying `question` back, with one A record for it when `address` is given."""
+def reply(qid: int, qflags: int, question: bytes, rcode: int = 0, address: str | list[str] | None = None) -> bytes:
+    """A response carrying `question` back, with an A (IPv4) or AAAA (IPv6) record for each of `address`."""
+    addresses = [address] if isinstance(address, str) else list(address or [])
     flags = 0x8000 | 0x0400 | (qflags & 0x0100) | 0x0080 | rcode       # QR, AA, RD as asked, RA
-    header = struct.pack("!HHHHHH", qid, flags, 1 if question else 0, 1 if address else 0, 0, 0)
-    answer = b""
-    if address:
-        answer = struct.pack("!HHHIH", 0xC00C, QTYPE_A, QCLASS_IN, TTL, 4) + socket.inet_aton(address)
-    return header + question + answer
+    header = struct.pack("!HHHHHH", qid, flags, 1 if question else 0, len(addresses), 0, 0)
+    answers = b""
+    for a in addresses:
+        family, qtype = (socket.AF_INET6, QTYPE_AAAA) if ":" in a else (socket.AF_INET, QTYPE_A)
+        data = socket.inet_pton(family, a)
+        answers += struct.pack("!HHHIH", 0xC00C, qtype, QCLASS_IN, TTL, len(data)) + data
+    return header + question + answers
 
 
 def answer(zone: Zone, data: bytes) -> bytes | None:
@@ -80,12 +84,14 @@ def answer(zone: Zone, data: bytes) -> bytes | None:
     qid, flags, name, qtype, qclass, question = q
     if (flags >> 11) & 0xF:
         return reply(qid, flags, question, RCODE_NOTIMP)
-    address = zone.names.get(name.rstrip("."))
-    if address is not None:
-        # a known name has only an IPv4 address: other types get an empty answer (NODATA), not NXDOMAIN, so
-        # resolvers asking A and AAAA together keep the A
-        wanted = qclass == QCLASS_IN and qtype in (QTYPE_A, QTYPE_ANY)
-        return reply(qid, flags, question, 0, address if wanted else None)
+    name = name.rstrip(".")
+    address, address6 = zone.names.get(name), zone.names6.get(name)
+    if address is not None or address6 is not None:
+        # a known name: the types it lacks get an empty answer (NODATA), not NXDOMAIN, so resolvers asking A and
+        # AAAA together keep the one it has
+        found = [a for a, t in ((address, QTYPE_A), (address6, QTYPE_AAAA))
+                 if a and qclass == QCLASS_IN and qtype in (t, QTYPE_ANY)]
+        return reply(qid, flags, question, 0, found)
     if zone.forward:
         return None
     return reply(qid, flags, question, RCODE_NXDOMAIN)

@@ -37,8 +37,11 @@ class NetFabric:
         return f"vkb{self.hid}", f"vkv{self.hid}"
 
     # -- networks -------------------------------------------------------------------------------------
-    def ensure_network(self, index: int, gateway: str, prefixlen: int) -> None:
-        links.ensure_bridge(self.bridge_name(index), gateway, prefixlen)
+    def ensure_network(self, index: int, gateway: str, prefixlen: int, gateway6: str | None = None,
+                       prefixlen6: int | None = None, forward6: bool = False) -> None:
+        links.ensure_bridge(self.bridge_name(index), gateway, prefixlen, gateway6=gateway6, prefixlen6=prefixlen6)
+        if forward6:
+            links.enable_ipv6_forwarding()
 
     def remove_network(self, index: int) -> None:
         links.delete_link(self.bridge_name(index))
@@ -46,19 +49,23 @@ class NetFabric:
     def host_routes(self) -> list[ipaddress.IPv4Network]:
         return links.host_routes()
 
+    def host_routes6(self) -> list[ipaddress.IPv6Network]:
+        return links.host_routes(links.AF_INET6)
+
     def apply_rules(self, rs: nft.Ruleset) -> None:
         nft.apply(rs)
 
     # -- instances ------------------------------------------------------------------------------------
     def attach(self, *, instance_id: str, network: str, index: int, address: str, prefixlen: int,
-               gateway: str | None, mac: str) -> dict[str, Any]:
-        """A namespace for the instance with its interface on the network's bridge; undone on failure."""
+               gateway: str | None, mac: str, **v6: Any) -> dict[str, Any]:
+        """A namespace for the instance with its interface on the network's bridge; undone on failure. `v6`:
+        address6, prefixlen6, gateway6 on a network with IPv6."""
         path = self.netns_path(instance_id)
         veth = self.veth_name(instance_id, network)
         netns.create(path, links.lo_up)
         try:
             links.attach_veth(host_name=veth, bridge=self.bridge_name(index), netns_path=path, address=address,
-                              prefixlen=prefixlen, gateway=gateway, mac=mac)
+                              prefixlen=prefixlen, gateway=gateway, mac=mac, **v6)
         except BaseException:
             netns.remove(path)
             raise
@@ -77,11 +84,11 @@ class NetFabric:
         return {"netns": path}
 
     def add_interface(self, *, instance_id: str, veth: str, index: int, address: str, prefixlen: int, mac: str,
-                      ifname: str, gateway: str | None = None) -> None:
+                      ifname: str, gateway: str | None = None, **v6: Any) -> None:
         """One more veth into the instance's existing namespace (network connect); a default route only when
-        `gateway` is given (the instance had no network left)."""
+        `gateway` (`gateway6` in `v6`) is given (the instance had no network left)."""
         links.attach_veth(host_name=veth, bridge=self.bridge_name(index), netns_path=self.netns_path(instance_id),
-                          address=address, prefixlen=prefixlen, gateway=gateway, mac=mac, ifname=ifname)
+                          address=address, prefixlen=prefixlen, gateway=gateway, mac=mac, ifname=ifname, **v6)
 
     def remove_interface(self, veth: str) -> None:
         links.delete_link(veth)

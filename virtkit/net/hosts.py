@@ -14,11 +14,17 @@ import os
 HEADER = "# managed by virtkit: rewritten when instances join or leave the network\n"
 
 
-def render(hostname: str, address: str | None, peers: list[tuple[str, str]]) -> str:
+def render(hostname: str, address: str | None, peers: list[tuple[str, str]], aliases: list[str] | None = None,
+           address6: str | None = None) -> str:
+    """The hosts file of an instance: itself under `hostname` (and `aliases`: its kernel hostname, kept across a
+    rename), then each peer name with its address (IPv4 first, then IPv6: resolvers take the first)."""
+    own = " ".join([hostname, *(aliases or [])])
     lines = [HEADER, "127.0.0.1\tlocalhost\n", "::1\tlocalhost ip6-localhost ip6-loopback\n"]
-    lines.append(f"{address}\t{hostname}\n" if address else f"127.0.1.1\t{hostname}\n")
+    lines.append(f"{address}\t{own}\n" if address else f"127.0.1.1\t{own}\n")
+    if address6:
+        lines.append(f"{address6}\t{own}\n")
     for addr, name in sorted(peers, key=lambda p: p[1]):
-        if name != hostname:
+        if name != hostname and name not in (aliases or []):
             lines.append(f"{addr}\t{name}\n")
     return "".join(lines)
 

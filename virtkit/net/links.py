@@ -19,6 +19,9 @@ from virtkit.core.errors import SystemFailure
 from virtkit.net import netns
 
 IFNAMSIZ = 15          # usable characters of an interface name
+AF_INET, AF_INET6 = 2, 10
+# addresses we hand out are unique by construction (IPAM): no duplicate address detection, usable at once
+IFA_F_NODAD = 0x02
 
 
 @contextmanager
@@ -42,8 +45,10 @@ def link_names(prefix: str) -> list[str]:
     return [n for n in names if n.startswith(prefix)]
 
 
-def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int | None = None) -> None:
-    """A bridge with the gateway address, up; idempotent (a daemon restart finds it there)."""
+def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int | None = None, gateway6: str | None = None,
+                  prefixlen6: int | None = None) -> None:
+    """A bridge with the gateway address (and the IPv6 one, if given), up; idempotent (a daemon restart finds it
+    there)."""
     assert len(name) <= IFNAMSIZ, name
     with _ipr(f"bridge {name}") as ipr:
         idx = _index(ipr, name)
@@ -55,14 +60,25 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int | None = Non
                     raise
             idx = _index(ipr, name)
             assert idx is not None
-        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=AF_INET)}
         if gateway not in have:
             ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+        if gateway6:
+            _sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
+            have6 = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=AF_INET6)}
+            if gateway6 not in have6:
+                ipr.addr("add", index=idx, address=gateway6, prefixlen=prefixlen6, flags=IFA_F_NODAD)
         kwargs: dict[str, Any] = {"state": "up"}
         if mtu:
             kwargs["mtu"] = mtu
         ipr.link("set", index=idx, **kwargs)
     _sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+
+
+def enable_ipv6_forwarding() -> None:
+    """IPv6 routing between interfaces is one switch for the whole host (net.ipv6.conf.all.forwarding; there is
+    no per-interface one as in IPv4): needed by networks with IPv6 and a route out, as Docker does. It stays on."""
+    _sysctl("net/ipv6/conf/all/forwarding", "1")
 
 
 def delete_link(name: str) -> None:
@@ -78,9 +94,10 @@ def delete_link(name: str) -> None:
 
 
 def attach_veth(*, host_name: str, bridge: str, netns_path: str, address: str, prefixlen: int,
-                gateway: str | None, mac: str, mtu: int | None = None, ifname: str = "eth0") -> None:
+                gateway: str | None, mac: str, mtu: int | None = None, ifname: str = "eth0",
+                address6: str | None = None, prefixlen6: int | None = None, gateway6: str | None = None) -> None:
     """A veth pair: `host_name` on the bridge, its peer `ifname` inside the namespace with address, MAC,
-    and a default route via `gateway` (None: no route out)."""
+    and a default route via `gateway` (None: no route out); the same for IPv6 when `address6` is given."""
     with _ipr(f"veth {host_name}") as ipr:
         br = _index(ipr, bridge)
         if br is None:
@@ -108,9 +125,13 @@ def attach_veth(*, host_name: str, bridge: str, netns_path: str, address: str, p
             if mtu:
                 ipr.link("set", index=idx, mtu=mtu)
             ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+            if address6:
+                ipr.addr("add", index=idx, address=address6, prefixlen=prefixlen6, flags=IFA_F_NODAD)
             ipr.link("set", index=idx, state="up")
             if gateway:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+            if gateway6:
+                ipr.route("add", dst="::/0", gateway=gateway6, oif=idx, family=AF_INET6)
 
     try:
         netns.run_in(netns_path, inside)
@@ -146,15 +167,15 @@ def lo_up() -> None:
             ipr.link("set", index=lo, state="up")
 
 
-def host_routes() -> list[ipaddress.IPv4Network]:
-    """Destinations of the host's IPv4 routes (main table), to choose subnets that do not collide."""
+def host_routes(family: int = AF_INET) -> list[Any]:
+    """Destinations of the host's routes of `family` (main table), to choose subnets that do not collide."""
     out = []
     with _ipr("list routes") as ipr:
-        for r in ipr.get_routes(family=2):
+        for r in ipr.get_routes(family=family):
             dst = r.get_attr("RTA_DST")
             if dst is None:
                 continue
-            out.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
+            out.append(ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False))
     return out
 
 

@@ -5,7 +5,13 @@ kernel swaps old for new, so there is never a moment without rules):
 - inet: NAT (masquerade of --nat networks, DNAT of published ports, hairpin), and forwarding policy
   (no traffic between two virtkit bridges, none out of an --isolated network).
 - bridge: anti-spoofing on each instance's port: frames must carry the MAC, and IPv4/ARP the address,
-  that virtkit gave it.
+  that virtkit gave it. IPv6 passes only on a network with IPv6, and only from the instance's own address, its
+  link-local one (NDP, MLD) or none (::, duplicate address detection); neighbour advertisements only for those
+  two; router advertisements and redirects never (the gateway is the only router).
+
+IPv6 is NATed as IPv4 is (masquerade out of --nat networks, DNAT of published ports, hairpin), as Docker does.
+Published ports reach the instance's IPv6 address from the host's IPv6 addresses; not [::1] (IPv6 has no
+route_localnet: the kernel never sends a packet from ::1 out of a real interface): net.relay carries that one.
 
 Published ports on 127.0.0.1 use output-chain DNAT plus route_localnet on the bridge (set where the bridge is
 made) and masquerade of 127.0.0.0/8 sources: the kernel forwards a loopback-sourced packet out of a real
@@ -15,6 +21,7 @@ This keeps a single kernel path (no userland proxy process per port).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -33,6 +40,7 @@ class NetRules:
     subnet: str            # "10.77.1.0/24"
     nat: bool
     isolated: bool
+    subnet6: str | None = None
 
 
 @dataclass
@@ -40,6 +48,8 @@ class PortRules:
     veth: str              # host side of the instance's veth
     mac: str
     address: str
+    address6: str | None = None      # None: no IPv6 from this port at all
+    link_local: str | None = None
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Forward:
     proto: str             # tcp | udp
     address: str
     port: int
+    address6: str | None = None   # also forwarded from the host's IPv6 addresses (only when host_ip is None)
 
 
 @dataclass
@@ -88,13 +99,63 @@ def _rule(family: str, table: str, chain: str, *expr: dict[str, Any]) -> dict[st
 def _dnat_rules(rs: Ruleset, chain: str) -> list[dict[str, Any]]:
     out = []
     for f in rs.forwards:
-        expr = [_m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")]
+        local = _m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+        port = [_m(_meta("l4proto"), f.proto), _m(_payload(f.proto, "dport"), f.host_port)]
+        expr = [local]
         if f.host_ip:
             expr.append(_m(_payload("ip", "daddr"), f.host_ip))
-        expr += [_m(_meta("l4proto"), f.proto), _m(_payload(f.proto, "dport"), f.host_port),
-                 {"dnat": {"family": "ip", "addr": f.address, "port": f.port}}]
+        expr += [*port, {"dnat": {"family": "ip", "addr": f.address, "port": f.port}}]
         out.append(_rule("inet", rs.table, chain, *expr))
+        if f.address6 and not f.host_ip:
+            out.append(_rule("inet", rs.table, chain, local, _m(_meta("nfproto"), "ipv6"),
+                             _m(_payload("ip6", "daddr"), "::1", "!="), *port,
+                             {"dnat": {"family": "ip6", "addr": f.address6, "port": f.port}}))
     return out
+
+
+def _masquerade_rules(rs: Ruleset, n: NetRules) -> list[dict[str, Any]]:
+    """Loopback-sourced forwards and hairpin (an instance to a published port of its own network), and with
+    --nat what leaves the network; IPv6 the same, when the network has it."""
+    oif, out = _meta("oifname"), []
+    dnat = _m({"ct": {"key": "status"}}, "dnat", "in")
+    out.append(_rule("inet", rs.table, "postrouting", _m(oif, n.bridge),
+                     _m(_payload("ip", "saddr"), _prefix("127.0.0.0/8")), {"masquerade": None}))
+    for fam, subnet in (("ip", n.subnet), ("ip6", n.subnet6)):
+        if subnet is None:
+            continue
+        src = _m(_payload(fam, "saddr"), _prefix(subnet))
+        out.append(_rule("inet", rs.table, "postrouting", _m(oif, n.bridge), src, dnat, {"masquerade": None}))
+        if n.nat and not n.isolated:
+            out.append(_rule("inet", rs.table, "postrouting", _m(oif, n.bridge, "!="), src, {"masquerade": None}))
+    return out
+
+
+ICMPV6 = 58
+ND_ROUTER_ADVERT, ND_NEIGHBOR_ADVERT, ND_REDIRECT = 134, 136, 137
+
+
+def _th(offset: int, length: int) -> dict[str, Any]:
+    return {"payload": {"base": "th", "offset": offset, "len": length}}
+
+
+def _port_rules6(rs: Ruleset, p: PortRules) -> list[dict[str, Any]]:
+    """IPv6 from an instance's port: its own addresses only (see the module's docstring). ICMPv6 fields are read
+    at the transport header the kernel found (past extension headers), so a hop-by-hop header hides nothing."""
+    iif = _m(_meta("iifname"), p.veth)
+    if p.address6 is None:
+        return [_rule("bridge", rs.table, "prerouting", iif, _m(_payload("ether", "type"), "ip6"), {"drop": None})]
+    own = [p.address6, *([p.link_local] if p.link_local else [])]
+    icmp = _m(_meta("l4proto"), ICMPV6)
+    # the target of an advertisement, as one 128-bit number (nft 1.0.6 has no name for the field)
+    targets = {"set": [hex(int(ipaddress.IPv6Address(a))) for a in own]}
+    return [
+        _rule("bridge", rs.table, "prerouting", iif, _m(_payload("ip6", "saddr"), {"set": [*own, "::"]}, "!="),
+              {"drop": None}),
+        _rule("bridge", rs.table, "prerouting", iif, icmp,
+              _m(_th(0, 8), {"set": [ND_ROUTER_ADVERT, ND_REDIRECT]}), {"drop": None}),
+        _rule("bridge", rs.table, "prerouting", iif, icmp, _m(_th(0, 8), ND_NEIGHBOR_ADVERT),
+              _m(_th(64, 128), targets, "!="), {"drop": None}),
+    ]
 
 
 def build(rs: Ruleset) -> list[dict[str, Any]]:
@@ -112,14 +173,7 @@ def build(rs: Ruleset) -> list[dict[str, Any]]:
              _chain(i, t, "forward", "filter", "forward", 0)]
     cmds += _dnat_rules(rs, "prerouting") + _dnat_rules(rs, "output")
     for n in rs.networks:
-        oif, iif = _meta("oifname"), _meta("iifname")
-        cmds.append(_rule(i, t, "postrouting", _m(oif, n.bridge), _m(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
-                          {"masquerade": None}))
-        cmds.append(_rule(i, t, "postrouting", _m(oif, n.bridge), _m(_payload("ip", "saddr"), _prefix(n.subnet)),
-                          _m({"ct": {"key": "status"}}, "dnat", "in"), {"masquerade": None}))
-        if n.nat and not n.isolated:
-            cmds.append(_rule(i, t, "postrouting", _m(oif, n.bridge, "!="),
-                              _m(_payload("ip", "saddr"), _prefix(n.subnet)), {"masquerade": None}))
+        cmds += _masquerade_rules(rs, n)
     # forward: answers to published ports pass; then no bridge-to-bridge traffic, nothing out of isolated nets
     cmds.append(_rule(i, t, "forward", _m({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}))
     for n in rs.networks:
@@ -141,7 +195,7 @@ def build(rs: Ruleset) -> list[dict[str, Any]]:
                           _m(_payload("arp", "saddr ether"), p.mac, "!="), {"drop": None}))
         cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "type"), "ip"),
                           _m(_payload("ip", "saddr"), p.address, "!="), {"drop": None}))
-        cmds.append(_rule(b, t, "prerouting", iif, _m(_payload("ether", "type"), "ip6"), {"drop": None}))
+        cmds += _port_rules6(rs, p)
     return cmds
 
 

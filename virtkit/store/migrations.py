@@ -57,6 +57,13 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX leases_instance ON leases (instance_id)",
     ],
+    [   # IPv6, opt-in per network: its subnet and gateway; each lease on it one more address (NULLs never clash)
+        "ALTER TABLE networks ADD COLUMN subnet6 TEXT",
+        "ALTER TABLE networks ADD COLUMN gateway6 TEXT",
+        "CREATE UNIQUE INDEX networks_subnet6 ON networks (subnet6)",
+        "ALTER TABLE leases ADD COLUMN address6 TEXT",
+        "CREATE UNIQUE INDEX leases_address6 ON leases (network, address6)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -85,9 +85,13 @@ class SQLiteStore:
         assignments = ", ".join(f"{k} = :{k}" for k in fields)
         with self.engine.begin() as conn:
             if fields:
-                result = conn.execute(
-                    text(f"UPDATE instances SET {assignments} WHERE id = :_id"), {**fields, "_id": instance_id}
-                )
+                try:
+                    result = conn.execute(
+                        text(f"UPDATE instances SET {assignments} WHERE id = :_id"), {**fields, "_id": instance_id}
+                    )
+                except SAIntegrityError as exc:     # a rename onto a name taken meanwhile
+                    raise AlreadyExists(f"name: '{fields.get('name')}' is already in use by another "
+                                        "instance") from exc
                 if result.rowcount == 0:
                     raise NotFound(f"instance id '{instance_id}' not found")
             row = conn.execute(text("SELECT * FROM instances WHERE id = :i"), {"i": instance_id}).first()
@@ -160,10 +164,12 @@ class SQLiteStore:
         values = network.to_dict()
         try:
             with self.engine.begin() as conn:
-                conn.execute(text('INSERT INTO networks (name, "index", subnet, gateway, nat, isolated, created_at) '
-                                  "VALUES (:name, :index, :subnet, :gateway, :nat, :isolated, :created_at)"), values)
+                conn.execute(text('INSERT INTO networks (name, "index", subnet, gateway, nat, isolated, created_at, '
+                                  "subnet6, gateway6) VALUES (:name, :index, :subnet, :gateway, :nat, :isolated, "
+                                  ":created_at, :subnet6, :gateway6)"), values)
         except SAIntegrityError as exc:
-            raise AlreadyExists(f"a network named '{network.name}' (or with subnet {network.subnet}) "
+            also = f" or {network.subnet6}" if network.subnet6 else ""
+            raise AlreadyExists(f"a network named '{network.name}' (or with subnet {network.subnet}{also}) "
                                 "already exists") from exc
 
     @staticmethod
@@ -191,10 +197,12 @@ class SQLiteStore:
     def add_lease(self, lease: Lease) -> None:
         try:
             with self.engine.begin() as conn:
-                conn.execute(text("INSERT INTO leases (network, address, instance_id, mac, created_at) "
-                                  "VALUES (:network, :address, :instance_id, :mac, :created_at)"), lease.to_dict())
+                conn.execute(text("INSERT INTO leases (network, address, instance_id, mac, created_at, address6) "
+                                  "VALUES (:network, :address, :instance_id, :mac, :created_at, :address6)"),
+                             lease.to_dict())
         except SAIntegrityError as exc:
-            raise AlreadyExists(f"address {lease.address} on network '{lease.network}' is taken") from exc
+            also = f" or {lease.address6}" if lease.address6 else ""
+            raise AlreadyExists(f"address {lease.address}{also} on network '{lease.network}' is taken") from exc
 
     def list_leases(self, network: str | None = None, instance_id: str | None = None) -> list[Lease]:
         query, params = "SELECT * FROM leases WHERE 1=1", {}
