@@ -134,6 +134,19 @@ def create_app(ctx: Context) -> FastAPI:
 
         await run_exec(ws, ctx, name)
 
+    @app.get("/v1/system/ksm")
+    def ksm_status() -> dict[str, Any]:
+        from virtkit.vm import ksm
+
+        return ksm.status()
+
+    @app.put("/v1/system/ksm")
+    def ksm_set(body: dict[str, Any]) -> dict[str, Any]:
+        """Body {"enabled": true|false}: KSM for the whole host (vm/ksm.py)."""
+        from virtkit.vm import ksm
+
+        return ksm.set_enabled(body.get("enabled"))
+
     @app.post("/v1/system/shutdown")
     async def shutdown() -> dict[str, Any]:
         asyncio.get_running_loop().call_later(0.1, ctx.request_shutdown)

@@ -201,6 +201,14 @@ def cmd_system(c: Client, a: argparse.Namespace) -> int:
         print(json.dumps(c.info(), indent=2))
     elif a.system_cmd == "shutdown":
         c.shutdown()
+    elif a.system_cmd == "ksm":
+        st = c.ksm(None if a.state is None else a.state == "on")
+        if not st.get("available"):
+            print("KSM: not available in this kernel")
+        else:
+            print(f"KSM: {'on' if st['enabled'] else 'off'}; {st['pages_sharing']} pages shared "
+                  f"({st['saved_mib']} MiB saved); scanning {st['pages_to_scan']} pages every "
+                  f"{st['sleep_millisecs']} ms when on")
     return 0
 
 

@@ -155,6 +155,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     sy = sub.add_parser("system", help="the daemon").add_subparsers(dest="system_cmd", required=True)
     sy.add_parser("info")
     sy.add_parser("shutdown", help="stop virtkitd (instances keep running)")
+    ks = sy.add_parser("ksm", help="merge same pages of VMs' memory (host-wide; costs CPU while scanning)")
+    ks.add_argument("state", nargs="?", choices=["on", "off"], help="turn it on or off (default: show)")
     if only is not None and not built:
         return _parser()        # an unknown command: the whole parser says which there are
     return p

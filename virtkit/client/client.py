@@ -83,6 +83,12 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
     def shutdown(self) -> None:
         self.t.request("POST", "/v1/system/shutdown")
 
+    def ksm(self, enabled: bool | None = None) -> dict[str, Any]:
+        """KSM for the whole host: its status, after turning it on or off when `enabled` is given."""
+        if enabled is None:
+            return self.t.request("GET", "/v1/system/ksm")  # type: ignore[no-any-return]
+        return self.t.request("PUT", "/v1/system/ksm", {"enabled": enabled})  # type: ignore[no-any-return]
+
     # -- instances ------------------------------------------------------------------------------------
     def instances(self) -> list[dict[str, Any]]:
         return self.t.request("GET", "/v1/instances")  # type: ignore[no-any-return]
