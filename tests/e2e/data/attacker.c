@@ -47,10 +47,13 @@ int main(int argc, char **argv) {
             }
             int wfd = open(path, O_WRONLY);
             if (wfd >= 0) { printf("EXE-WRITABLE %d\n", p); close(wfd); }
-            if (ptrace(PTRACE_ATTACH, p, 0, 0) == 0) {
+            /* SEIZE + INTERRUPT rather than ATTACH: ATTACH's SIGSTOP can outlive the detach (a group stop)
+             * and leave an exec stopped for good; the permission check is the same */
+            if (ptrace(PTRACE_SEIZE, p, 0, 0) == 0) {
                 /* tracing the container's own programs is allowed; a process still running the host's
                  * runtime binary must never be traceable */
                 struct stat st;
+                ptrace(PTRACE_INTERRUPT, p, 0, 0);
                 waitpid(p, NULL, __WALL);
                 ssize_t m = readlink(path, target, sizeof target - 1);
                 if (m > 0) {
