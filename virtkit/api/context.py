@@ -57,6 +57,15 @@ class Context:
 
         # VM base disks are cached per image digest: they go when their image does
         self.images.add_gc_hook(BaseDisks(home.vm_disks).collect)
+        self._collect_vm_templates(home)
+
+    def _collect_vm_templates(self, home: Home) -> None:
+        """VM templates (vm/qemu/template.py) go with their image too."""
+        import functools
+
+        from virtkit.vm.qemu.template import TEMPLATES, collect_templates
+
+        self.images.add_gc_hook(functools.partial(collect_templates, os.path.join(home.root, TEMPLATES)))
 
     def _wire_networks(self, home: Home) -> None:
         """Networks (the default one made on first start), bridges and rules rebuilt from the store."""

@@ -39,11 +39,14 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "kernel": os.path.abspath(a.kernel) if a.kernel else None, "kernel_format": a.kernel_format,
         "memory_swappiness": a.memory_swappiness, "oom_kill_disable": a.oom_kill_disable or None,
         "cpu_weight": a.cpu_weight, "cpuset_cpus": a.cpuset_cpus, "disk_size": a.disk_size,
+        "template": False if a.no_template else None,
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:
         inst = c.run(a.image, cmd, detach=True, interactive=a.interactive or None, tty=a.tty or None, **options)
         print(inst["name"])
+        if a.vm:
+            _say_vm_boot(c, inst["name"])
         return 0
     if a.interactive or a.tty:
         from virtkit.cli.terminal import run_attached
@@ -56,6 +59,20 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         print(f"virtkit: instance ended without an exit code ({status.get('reason')})", file=sys.stderr)
         return 125
     return int(code)
+
+
+def _say_vm_boot(c: Client, name: str) -> None:
+    """On stderr: whether the VM started from its image's template (and how to opt out) or booted, and why."""
+    try:
+        boot = c.stats(name).get("boot") or {}
+    except VirtkitError:
+        return
+    if boot.get("mode") == "template":
+        print(f"virtkit: {name} started from the saved template {boot['template']} of its image in "
+              f"{boot['seconds']:.2f} s, then given its own hostname, MAC, address and machine-id "
+              "(--no-template boots it instead)", file=sys.stderr)
+    elif boot.get("why"):
+        print(f"virtkit: {name} boots: {boot['why']}", file=sys.stderr)
 
 
 def cmd_update(c: Client, a: argparse.Namespace) -> int:

@@ -104,7 +104,7 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     if itype == "vm":
         spec.update(validate_vm_options(req))
     else:
-        for key in ("engine", "kernel_format", "disk_size"):
+        for key in ("engine", "kernel_format", "disk_size", "template"):
             if req.get(key) is not None:
                 raise InvalidArgument(f"{key}: only for VMs (--vm)")
     spec.update(validate_network_options(req))
@@ -239,6 +239,10 @@ def validate_vm_options(req: dict[str, Any]) -> dict[str, Any]:
         out["kernel_format"] = fmt or "auto"
         require_kvm()
     out.update(_vm_disk_options(req, engine))
+    if req.get("template") is not None:
+        if engine != "qemu":
+            raise InvalidArgument("template: only for the qemu engine")
+        out["template"] = bool(req["template"])
     for key in ("cap_add", "cap_drop", "pids", "workdir", "memory_swappiness", "oom_kill_disable",
                 "interactive", "tty"):
         if req.get(key):

@@ -97,6 +97,14 @@ WantedBy=multi-user.target network-online.target
 """
 
 
+# The agent answers only once the guest has its hostname and address: udev starts qemu-guest-agent.service when
+# its port appears, and this orders it after the network unit that the boot has queued as well. So "the agent
+# answers" means the VM is reachable as virtkit configured it (exec, tests, the template saved at that moment).
+_AGENT_AFTER_NET = f"""[Unit]
+After={GUEST_NET_UNIT}
+"""
+
+
 def guest_files() -> dict[str, tuple[str, int]]:
     """Path in the rootfs -> (text, mode)."""
     return {
@@ -108,6 +116,7 @@ def guest_files() -> dict[str, tuple[str, int]]:
         "etc/systemd/system/serial-getty@.service.d/virtkit-autologin.conf": (_AUTOLOGIN, 0o644),
         "usr/lib/virtkit/guest-net": (_GUEST_NET, 0o755),
         f"etc/systemd/system/{GUEST_NET_UNIT}": (_GUEST_NET_UNIT_TEXT, 0o644),
+        "etc/systemd/system/qemu-guest-agent.service.d/virtkit.conf": (_AGENT_AFTER_NET, 0o644),
     }
 
 

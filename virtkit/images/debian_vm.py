@@ -20,7 +20,8 @@ What the image offers the VM engine, in its config's Labels:
   org.virtkit.vm.cmdline          kernel parameters the image expects: root, rw, console=ttyS0
   org.virtkit.vm.console          ttyS0: a getty there (and on hvc0) logs root in without a password
   org.virtkit.vm.agent            org.qemu.guest_agent.0: the virtio-serial port name qemu-ga serves (udev
-                                  starts qemu-guest-agent.service when the port appears)
+                                  starts qemu-guest-agent.service when the port appears, ordered after the
+                                  network unit: an answering agent means hostname and address are set)
   org.virtkit.vm.params           the kernel parameters virtkit-guest-net.service applies at boot:
                                   virtkit.hostname=, virtkit.ip=ADDR/PREFIX, virtkit.gw=, virtkit.dns=, virtkit.mac=
 """

@@ -4,6 +4,7 @@ Base disks live under `$VIRTKIT_HOME/vmdisks/`:
   <hex>.raw          a raw ext4 filesystem of the image's merged rootfs (hex: the image's manifest digest),
                      read-only (0444): QEMU opens it only as an overlay's backing file
   <hex>.json         {"size": bytes, "content": bytes, "files": n}: what the disk was made with
+  <hex>.vmlinux/.initrd   the boot files of a system image (vm/qemu/imageboot.py), collected with its disk
   .lock-<hex>        flock()ed while that base is built, so concurrent creates build it once
   .tmp-<pid>-*       a build in progress (or the leftover of a crashed one: removed when its pid is gone)
 A VM hard-links its base into its own directory and makes its overlay there with a relative backing file
@@ -152,7 +153,7 @@ class BaseDisks:
             if entry.startswith(".lock-") and entry[6:] not in kept:
                 self._drop_lock(os.path.join(self.root, entry))
                 continue
-            if entry.startswith(".") or ext not in (".raw", ".json") or stem in kept:
+            if entry.startswith(".") or ext not in (".raw", ".json", ".vmlinux", ".initrd") or stem in kept:
                 continue
             try:
                 os.unlink(os.path.join(self.root, entry))
@@ -237,10 +238,11 @@ def _usage(root: str) -> tuple[int, int]:
 
 
 # -- overlays -------------------------------------------------------------------------------------------
-def create_overlay(path: str, backing: str, size: int) -> None:
-    """A qcow2 at `path` of virtual size `size` over the raw `backing` (a name relative to path's dir)."""
+def create_overlay(path: str, backing: str, size: int, backing_format: str = "raw") -> None:
+    """A qcow2 at `path` of virtual size `size` over `backing` (a name relative to path's dir; raw, or a qcow2
+    such as a VM template's disk)."""
     tool = _tool(QEMU_IMG, "qemu-utils")
-    _run([tool, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", backing, path, str(size)],
+    _run([tool, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing, path, str(size)],
          "qemu-img create of the VM disk", cwd=os.path.dirname(path))
 
 

@@ -202,7 +202,8 @@ class VmProcessDriver:
         plan = self._validate(instance)
         self._check_host()
         # the shared kernel and initramfs are fetched and built (cached) before anything of this VM is made
-        default = None if plan["kernel"] else self._default_boot_files()
+        # (a system image's VM boots the image's own kernel and initramfs: none of these)
+        default = None if plan["kernel"] or plan.get("system") else self._default_boot_files()
         vdir = self.vm_dir(instance)
         if os.path.exists(vdir):
             raise InvalidState(f"instance '{instance.name}': {vdir} exists already")

@@ -27,6 +27,8 @@ else:
 # how long after a start exec waits for the agent to come up: a busybox VM starts it ~2-3 s into its boot
 # under TCG here, a Debian one (qemu-guest-agent under systemd) after ~20-30 s; later, agent.TIMEOUT
 AGENT_BOOT_WAIT = 60.0
+# a system image's VM (debian --vm) boots systemd first: ~20 s here, more on a loaded host
+SYSTEM_AGENT_BOOT_WAIT = 300.0
 SERIAL_CHARDEV = "ser0"         # the serial console's chardev, as cmdline.py names it
 
 
@@ -71,7 +73,8 @@ class GuestAccess(_Base):
                     return agent.TIMEOUT
         except (OSError, ValueError):
             pass
-        return max(agent.TIMEOUT, started + AGENT_BOOT_WAIT - time.time())
+        window = SYSTEM_AGENT_BOOT_WAIT if self.info(instance).get("system") else AGENT_BOOT_WAIT
+        return max(agent.TIMEOUT, started + window - time.time())
 
     def exec_argv(self, instance: Instance, command: list[str], *, tty: bool, env: list[str],
                   console_socket: str | None = None) -> list[str]:

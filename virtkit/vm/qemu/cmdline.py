@@ -28,6 +28,7 @@ class VmConfig:
     kernel_params: tuple[str, ...] = ()
     net: dict[str, str] | None = None          # {"tap": NAME, "mac": MAC} on a virtkit network
     agent_socket: str | None = None            # the guest agent's virtio-serial port, as a unix socket server
+    agent_port: str | None = None              # the port's name (default AGENT_PORT_NAME)
 
 
 def qemu_binary() -> str:
@@ -68,7 +69,7 @@ def build_argv(cfg: VmConfig, binary: str | None = None) -> list[str]:
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off",
         *net_args(cfg.net),
-        *agent_args(cfg.agent_socket),
+        *agent_args(cfg.agent_socket, cfg.agent_port or AGENT_PORT_NAME),
     ]
 
 
@@ -84,7 +85,7 @@ def net_args(net: dict[str, str] | None) -> list[str]:
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 
 
-def agent_args(socket_path: str | None) -> list[str]:
+def agent_args(socket_path: str | None, port_name: str = AGENT_PORT_NAME) -> list[str]:
     """A virtio-serial device (virtio-mmio on microvm) with the agent's port on a unix socket chardev.
 
     wait=off: QEMU starts without a client; the host side connects per transaction (vm/qemu/agent.py)."""
@@ -92,4 +93,4 @@ def agent_args(socket_path: str | None) -> list[str]:
         return []
     return ["-device", "virtio-serial-device,id=vser0",
             "-chardev", f"socket,id=qga0,path={socket_path},server=on,wait=off",
-            "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={AGENT_PORT_NAME}"]
+            "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={port_name}"]

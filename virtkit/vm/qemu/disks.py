@@ -103,10 +103,16 @@ class VmDisks(_Base):
         from virtkit.vm.process import link_or_copy
 
         link_or_copy(disk["base"], os.path.join(vdir, BASE_LINK))
+        if (plan.get("template") or {}).get("use") and self._install_from_template(plan, vdir):
+            return
         overlay = os.path.join(vdir, DISK_FILE)
         vm_disks.create_overlay(overlay, BASE_LINK, disk["size"])
         if disk["size"] > disk["base_size"]:
             vm_disks.grow_filesystem(overlay, disk["size"])
+
+    def _install_from_template(self, plan: dict[str, Any], vdir: str) -> bool:
+        """The overlay on a VM template's disk instead (vm/qemu/template.py); False: not made."""
+        return False
 
     # -- start ----------------------------------------------------------------------------------------
     def _disk_args(self, instance: Instance) -> list[str]:

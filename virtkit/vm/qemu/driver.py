@@ -12,6 +12,11 @@ Instance spec keys read (all optional):
             or a bzImage to extract it from (its drivers must be built in: no modules are loaded for it)
   accel     "auto" (default) | "kvm" | "tcg"; a kvm that cannot work here is an InvalidArgument
   disk_size, volumes   the root disk's size and volume disks: vm/qemu/disks.py (snapshots: vm/qemu/snapshot.py)
+  template  False (--no-template): a system image's VM boots rather than starting from its template
+
+A system image (`image build debian --vm`, labels org.virtkit.vm.*: vm/qemu/imageboot.py) boots its own kernel,
+initramfs and init with its own cmdline before virtkit's, and runs no command; exec goes to its qemu-guest-agent,
+and a VM of it starts from the image's saved template where that is safe (vm/qemu/template.py).
 
 Boot files under $VIRTKIT_HOME/vms/<id>/: vmlinux + initramfs.cpio (hard links into the kernel cache).
 The QMP socket is $VIRTKIT_HOME/run/qmp-<id[:16]>.sock. exec (guest agent) and console input: vm/qemu/access.py.
@@ -27,7 +32,7 @@ import time
 from typing import Any
 
 from virtkit.core.driver import ExitStatus
-from virtkit.core.errors import InvalidState, SystemFailure
+from virtkit.core.errors import InvalidArgument, InvalidState, SystemFailure
 from virtkit.core.models import Instance
 from virtkit.vm.process import VmProcessDriver, link_or_copy
 from virtkit.vm.qemu import accel as accel_mod
@@ -35,12 +40,14 @@ from virtkit.vm.qemu import qmp
 from virtkit.vm.qemu.access import GuestAccess
 from virtkit.vm.qemu.cmdline import VmConfig, build_argv, qemu_binary
 from virtkit.vm.qemu.disks import VmDisks
+from virtkit.vm.qemu.imageboot import ImageBoot, boot_files, image_boot
 from virtkit.vm.qemu.snapshot import VmSnapshots
+from virtkit.vm.qemu.template import VmTemplates
 
 log = logging.getLogger(__name__)
 
 
-class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
+class QemuDriver(GuestAccess, VmTemplates, VmSnapshots, VmDisks, VmProcessDriver):
     process_name = "QEMU"
     stop_reason = "stopped by ACPI powerdown"
 
@@ -60,8 +67,37 @@ class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
             from virtkit.vm.qemu.kernel import check_kernel_file
 
             check_kernel_file(kernel)
-        plan.update(self._plan_disks(instance, plan))      # last: it may build the image's base disk
-        return {**plan, "accel": chosen.name, "accel_reason": chosen.reason, "kernel": kernel}
+        boot = self._image_boot(instance)
+        if boot is not None:
+            plan = self._plan_system(instance, plan, boot)
+        plan.update(self._plan_disks(instance, plan))      # it may build the image's base disk
+        plan = {**plan, "accel": chosen.name, "accel_reason": chosen.reason, "kernel": kernel}
+        if boot is not None:
+            plan.update(self._plan_template(instance, plan))   # last: it needs the whole plan
+        return plan
+
+    # -- system images (debian --vm): the image's own kernel, initramfs and init --------------------------
+    def _image_boot(self, instance: Instance) -> ImageBoot | None:
+        if self.images is None or not instance.image:
+            return None
+        return image_boot(self.images.get(instance.image).config)
+
+    def _plan_system(self, instance: Instance, plan: dict[str, Any], boot: ImageBoot) -> dict[str, Any]:
+        """The image boots its own init: no command, its kernel parameters first, then virtkit's (network,
+        hostname; the MAC picks the interface) as its network unit reads them."""
+        spec = instance.spec or {}
+        if spec.get("command"):
+            raise InvalidArgument(f"command: image '{instance.image}' boots its own system as a VM and runs no "
+                                  f"command of virtkit's; run -d, then `virtkit exec NAME -- CMD`")
+        if spec.get("volumes"):
+            raise InvalidArgument(f"volumes: not supported yet for VMs of system images ('{instance.image}')")
+        params = [*boot.cmdline, *(p for p in plan["params"] if not p.startswith("virtkit.cmd="))]
+        if plan.get("net"):
+            params.append(f"virtkit.mac={plan['net']['mac']}")
+        vmlinux, initrd = boot_files(self.home.vm_disks, self.images.get(instance.image).digest,
+                                     self.images.layer_paths(instance.image), boot)
+        return {**plan, "params": params,
+                "system": {"vmlinux": vmlinux, "initrd": initrd, "agent_port": boot.agent_port}}
 
     def _check_host(self) -> None:
         qemu_binary()
@@ -72,6 +108,14 @@ class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
         from virtkit.vm.qemu import initramfs, kernel, vkagent
 
         vmlinux = os.path.join(vdir, "vmlinux")
+        if plan.get("system"):
+            if plan["kernel"]:
+                self._custom_kernel(plan["kernel"], vmlinux)
+            else:
+                link_or_copy(plan["system"]["vmlinux"], vmlinux)
+            link_or_copy(plan["system"]["initrd"], os.path.join(vdir, "initramfs.cpio"))
+            self._install_disks(plan, vdir)
+            return {"release": "custom" if plan["kernel"] else "image"}
         if default is None:
             self._custom_kernel(plan["kernel"], vmlinux)
             kern = kernel.Kernel(release="custom", vmlinux=vmlinux, modules=[])
@@ -116,10 +160,11 @@ class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
             accel=accel_mod.Accel(plan["accel"], plan["accel_reason"]),
             vmlinux=self._file(instance, "vmlinux"), initramfs=self._file(instance, "initramfs.cpio"),
             console_log=self.log_path(instance), qmp_socket=self.qmp_socket(instance),
-            kernel_params=tuple(plan["params"]), net=plan.get("net"),
-            agent_socket=self.agent_socket(instance),
+            kernel_params=tuple(self._boot_params(instance, plan)), net=plan.get("net"),
+            agent_socket=self.agent_socket(instance), agent_port=(plan.get("system") or {}).get("agent_port"),
         )
-        return build_argv(cfg) + self._disk_args(instance) + self._resume_args(instance)
+        return build_argv(cfg) + self._disk_args(instance) + self._resume_args(instance) + \
+            self._template_args(instance)
 
     # -- state ----------------------------------------------------------------------------------------
     def _ready(self, instance: Instance) -> bool:
@@ -134,6 +179,8 @@ class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
         return True
 
     def _paused(self, instance: Instance) -> bool:
+        if self._held_by_saver(instance):
+            return False
         try:
             state = qmp.query_status(self.qmp_socket(instance)).get("status")
         except SystemFailure:
@@ -144,6 +191,11 @@ class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
         return f"virtkit-{instance.id}".encode()      # QEMU's -name
 
     def _process_exit_status(self, instance: Instance, rec: dict[str, Any], finished: float) -> ExitStatus:
+        if rec["code"] == 0 and self.info(instance).get("system") and "terminating on signal" not in \
+                self._process_stderr(instance):
+            # a system image's VM runs no command: its clean power-off is its normal end
+            return ExitStatus(0, self.stop_reason if self._stop_requested(instance) else "guest powered off",
+                              finished)
         if rec["code"] != 0:
             return ExitStatus(int(rec["code"]), f"qemu failed (exit status {rec['code']})", finished)
         # QEMU ends cleanly on SIGTERM/SIGINT/SIGHUP, saying so on stderr
@@ -186,6 +238,12 @@ class QemuDriver(GuestAccess, VmSnapshots, VmDisks, VmProcessDriver):
             if time.monotonic() >= deadline:
                 break
         self._sigkill(instance, pid)
+
+    def stats(self, instance: Instance) -> dict[str, Any]:
+        out = super().stats(instance)
+        if out and (boot := self.boot_info(instance)):
+            out["boot"] = boot          # started from a template or booted, and why
+        return out
 
     def pause(self, instance: Instance) -> None:
         self._require_running(instance)
