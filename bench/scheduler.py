@@ -153,8 +153,12 @@ def run_static(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
         ds = [s.schedule(r) for r in reqs]
     el = time.perf_counter() - t0
     used = [h for h in s.hosts if not h.empty]
+    # hosts one of whose resources is used up while the other is not (less than 1 vCPU / 1 GiB left)
+    cpu_left = sum(1 for h in used if h.cap[0] - h.used[0] >= 1 and h.cap[1] - h.used[1] < GIB)
+    mem_left = sum(1 for h in used if h.cap[1] - h.used[1] >= GIB and h.cap[0] - h.used[0] < 1)
     return {"kind": kind, "policy": policy, "n": n, "batch": batch, "rejected": sum(d.host is None for d in ds),
-            "hosts": len(used), "host_equiv": round(sum(host_equiv(h) for h in used), 3), "seconds": round(el, 3)}
+            "hosts": len(used), "host_equiv": round(sum(host_equiv(h) for h in used), 3), "seconds": round(el, 3),
+            "hosts_cpu_left_no_mem": cpu_left, "hosts_mem_left_no_cpu": mem_left}
 
 
 def exact_optimum(kind: str, n: int, seed: int, ub: int, time_limit: float) -> dict[str, Any]:
@@ -438,6 +442,12 @@ def main() -> int:
     if extra_seeds:
         st = static_part(ex, kinds, n_static, extra_seeds)
         res["static_extra_lb"], res["static_extra_runs"], res["static_extra"] = st["lb"], st["runs"], st["agg"]
+    # online on a 10x longer trace: does the gap to the bound shrink with the trace (an end-of-trace effect)?
+    long_n = 3000 if args.quick else 10000
+    long_jobs = [("azure", p, long_n, seeds[0], False) for p in POLICY_NAMES]
+    lb_long = volume_lb(static_requests("azure", long_n, seeds[0]))
+    res["static_long"] = [{**r, "seed": seeds[0], "lb": round(lb_long, 3), "ratio": round(r["host_equiv"] / lb_long, 4)}
+                          for r in ex.map(run_static, long_jobs)]
     print(f"static done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
     res["exact"] = exact_part(ex, args.seed, args.solver_s)
     print(f"exact done {time.perf_counter() - t_start:.0f}s", file=sys.stderr)

@@ -56,6 +56,9 @@ def goals(res: dict[str, Any]) -> dict[str, Any]:
                                            "ratio": vk["ratio"], "worst_seed_ratio": vk["max_ratio"],
                                            "seeds_at_ceil_lb": f"{sum(at_ceil)}/{len(runs)}",
                                            "met": vk["ratio"] <= 1.01 and (vk["max_ratio"] <= 1.01 or all(at_ceil))}
+    on = next(r for r in st if r["kind"] == "azure" and not r["batch"] and r["policy"] == VIRTKIT)
+    g["static_azure_online_within_1pct_of_lb"] = {"virtkit_online": on["host_equiv"], "ratio": on["ratio"],
+                                                  "met": on["ratio"] <= 1.01}
     never_worse = _static_rows(st, res["static_runs"], kinds, "")
     for pool_name in ("lb+10%", "lb"):
         for kind in res["dynamic_lb"]:
@@ -85,12 +88,49 @@ def goals(res: dict[str, Any]) -> dict[str, Any]:
                                 "best_baseline": p, "baseline": v, "met": mine <= v, "strictly_fewer": mine < v,
                                 "per_seed": _per_seed_wins(seeds, "rejected")})
     g["never_worse_than_best_baseline"] = never_worse
+    # the issue's "fewer rejections than every baseline in the dynamic replay": strictly fewer, per workload and
+    # pool; where every policy rejects nothing there is nothing to beat, and the smallest pool that runs the
+    # trace without rejection is the figure that tells the policies apart
+    fewer = []
+    for r in never_worse:
+        if "rejections" in r["mode"] or "smallest pool" in r["mode"]:
+            tie0 = r["virtkit"] == 0 and r["baseline"] == 0
+            fewer.append({**r, "strictly_fewer": r["virtkit"] < r["baseline"], "all_zero": tie0})
+    g["fewer_rejections_than_every_baseline"] = fewer
     top = max(x["hosts"] for x in res["latency"])
     lat = max((r for r in res["latency"] if r["policy"].startswith(VIRTKIT) and r["hosts"] == top
                and r["gc_frozen"]), key=lambda r: r["p99_ms"])
     g["p99_under_1ms_at_max_hosts"] = {"p99_ms": lat["p99_ms"], "hosts": top, "policy": lat["policy"],
                                        "met": lat["p99_ms"] < 1.0}
     return g
+
+
+def _long_line(res: dict[str, Any]) -> list[str]:
+    long = res.get("static_long") or []
+    if not long:
+        return []
+    return [f"Online on one {long[0]['n']}-request Azure-like trace (seed {long[0]['seed']}, bound {long[0]['lb']}), "
+            "hosts (ratio): " + ", ".join(f"{r['policy']} {r['host_equiv']:g} ({r['ratio']:.3f})" for r in long)
+            + ".", ""]
+
+
+def _online_note(res: dict[str, Any]) -> str:
+    """Why online placement stays above 1% of the bound, from the runs' own figures."""
+    txt = ("Why online stays above 1%: online placement sees one request at a time and may open a host only when "
+           "no open host takes the request (online two-resource bin packing). ")
+    long = {r["policy"]: r for r in res.get("static_long", [])}
+    if VIRTKIT in long:
+        v = long[VIRTKIT]
+        best = min((r for p, r in long.items() if p != VIRTKIT), key=lambda r: r["ratio"])
+        txt += (f"The gap is not an end-of-trace effect: on a {v['n']}-request Azure-like trace (seed {v['seed']}) "
+                f"virtkit online uses {v['ratio']} of the bound (best baseline {best['ratio']}, {best['policy']}), "
+                "no closer than on the 1000-request traces. What is lost is imbalance: of its "
+                f"{v['hosts']} hosts, {v['hosts_cpu_left_no_mem']} end with vCPU left but under 1 GiB of memory and "
+                f"{v['hosts_mem_left_no_cpu']} with memory left but no whole vCPU (the smallest request asks "
+                "1 vCPU and 0.75 GiB); "
+                "a request placed before the ones that would have evened a host out never moves. ")
+    return txt + ("Batch placement, which sees every request before it places any, is the mode that reaches the "
+                  "bound; online, the goal is not met by virtkit or by any baseline.")
 
 
 def _static_table(res: dict[str, Any], st: list[dict[str, Any]], policies: list[str]) -> list[str]:
@@ -122,7 +162,7 @@ def write_md(res: dict[str, Any], path: Path) -> None:
     L += ["", f"Mean over {len(prm['seeds'])} seeded traces (mean ratio to each trace's volume lower bound "
           "in parentheses; per-seed figures in the JSON). Online: file order, a host is opened only when no open "
           "host takes the request. Batch: `place_batch` of the whole trace.", "",
-          "### Exact optimum on small instances", "",
+          *_long_line(res), "### Exact optimum on small instances", "",
           "| workload | requests | lower bound | best heuristic | virtkit batch | optimum (HiGHS) | proven "
           "| solver s |",
           "|---|---|---|---|---|---|---|---|"]
@@ -185,14 +225,31 @@ def write_md(res: dict[str, Any], path: Path) -> None:
           "(`gc.freeze()`) after loading, as a long-lived scheduler service should; the last row is without it."]
     g = res["goals"]
     g1, g2 = g["static_azure_within_1pct_of_lb"], g["p99_under_1ms_at_max_hosts"]
+    g1o = g["static_azure_online_within_1pct_of_lb"]
+    fewer = g["fewer_rejections_than_every_baseline"]
+    beaten = [f"{r['kind']} {r['mode']}" for r in fewer if r["strictly_fewer"]]
+    zero = [f"{r['kind']} {r['mode']}" for r in fewer if r["all_zero"]]
+    lost = [f"{r['kind']} {r['mode']} ({r['virtkit']} vs {r['baseline']} {r['best_baseline']})"
+            for r in fewer if not r["strictly_fewer"] and not r["all_zero"]]
+    worse = [f"{r['kind']} {r['mode']}" for r in g["never_worse_than_best_baseline"] if not r["met"]]
     L += ["", "## Goals", "",
-          f"- virtkit within 1% of the lower bound on the Azure-like static mix (batch): "
-          f"mean {g1['ratio']}, worst trace {g1['worst_seed_ratio']}, traces at ceil(lower bound) "
-          f"{g1['seeds_at_ceil_lb']} -> {'met' if g1['met'] else 'NOT met'}",
-          f"- p99 under 1 ms at {g2['hosts']} hosts: {g2['p99_ms']} ms ({g2['policy']}, the slower mode) -> "
-          f"{'met' if g2['met'] else 'NOT met'}",
-          "- never worse than the best baseline (sums or means over the traces; per seed: on how many traces "
-          "virtkit is at or below every baseline):", ""]
+          "| goal | figure | met |", "|---|---|---|",
+          f"| virtkit within 1% of the lower bound, Azure-like static mix, batch | mean {g1['ratio']}, worst trace "
+          f"{g1['worst_seed_ratio']}, traces at ceil(lower bound) {g1['seeds_at_ceil_lb']} | "
+          f"{'yes' if g1['met'] else 'NO'} |",
+          f"| the same, online (file order, first fit into an elastic pool) | mean {g1o['ratio']} | "
+          f"{'yes' if g1o['met'] else 'NO'} |",
+          f"| fewer rejections than every baseline in the dynamic replay | strictly fewer on {len(beaten)} of "
+          f"{len(fewer)} measures; all policies at 0 on {len(zero)}; not fewer on {len(lost)}"
+          f"{': ' + '; '.join(lost) if lost else ''} | {'yes' if not lost else 'NO'} |",
+          f"| never worse than the best baseline on any workload (sums / means) | worse on {len(worse)} of "
+          f"{len(g['never_worse_than_best_baseline'])} measures{': ' + '; '.join(worse) if worse else ''} | "
+          f"{'yes' if not worse else 'NO'} |",
+          f"| p99 under 1 ms per decision at {g2['hosts']} hosts | {g2['p99_ms']} ms ({g2['policy']}, the slower "
+          f"mode) | {'yes' if g2['met'] else 'NO'} |",
+          "", _online_note(res),
+          "", "Every measure (sums or means over the traces; per seed: on how many traces virtkit is at or below "
+          "every baseline):", ""]
     L += ["| workload | measure | virtkit | best baseline | met | strictly better | per seed |",
           "|---|---|---|---|---|---|---|"]
     for r in g["never_worse_than_best_baseline"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -99,3 +100,62 @@ def test_explain_shows_the_blend_and_every_part() -> None:
     s = two_hosts(Virtkit(churn=1.0))
     text = render(explain(s, req("r", 1, 1)))
     assert "consolidate x1.00, align x0.00" in text and "fill=" in text and "* h0: score" in text
+
+
+def test_lifetime_class_keeps_long_lived_instances_together() -> None:
+    s = Scheduler([Host("h0", {"vcpus": 16, "memory_mib": 16}), Host("h1", {"vcpus": 16, "memory_mib": 16})],
+                  Virtkit(churn=1.0), ratios=ONE)
+    s.bind(req("short", 4, 4, arrival=0.0, departure=600.0), s.by_name["h0"])
+    s.bind(req("long", 4, 4, arrival=0.0, departure=10 * 86400.0), s.by_name["h1"])
+    # a 5-day instance would keep h0 busy for days after its 10-minute resident leaves
+    assert s.schedule(req("x", 1, 1, arrival=0.0, departure=5 * 86400.0), bind=False).host == "h1"
+    # a short one extends neither host's life: the usual preference (fuller, then earlier host) decides
+    assert s.schedule(req("y", 1, 1, arrival=0.0, departure=500.0), bind=False).host == "h0"
+
+
+def test_only_the_lifetime_class_counts() -> None:
+    s = Scheduler([Host("h0", {"vcpus": 16, "memory_mib": 16})], Virtkit(churn=1.0), ratios=ONE)
+    s.bind(req("short", 4, 4, arrival=0.0, departure=600.0), s.by_name["h0"])
+
+    def lifetime_term(departure: float) -> float:
+        rows = explain(s, req("x", 1, 1, arrival=0.0, departure=departure))["hosts"]
+        return float(rows[0]["breakdown"]["lifetime"])
+
+    # 5 and 6 days round up to the same class (5 min x 4^6, about 14 days); 20 days is the next class
+    assert lifetime_term(5 * 86400.0) == lifetime_term(6 * 86400.0) > lifetime_term(20 * 86400.0)
+    assert Virtkit.class_end(req("z", 1, 1, arrival=100.0, departure=400.0)) == 400.0  # 5 min: the first class
+    assert Virtkit.class_end(req("z", 1, 1, arrival=100.0, departure=401.0)) == 100.0 + 1200.0
+    assert Virtkit.class_end(req("z", 1, 1, departure=401.0)) == 401.0  # no arrival: the departure as given
+
+
+def test_consolidating_keeps_the_big_hole_on_mixed_host_shapes() -> None:
+    # the big host is fuller as a share of itself, yet its 24-vCPU hole is the one a big request needs
+    def pool(policy: Virtkit | str) -> Scheduler:
+        s = Scheduler([Host("big", {"vcpus": 96, "memory_mib": 384}), Host("small", {"vcpus": 32, "memory_mib": 128})],
+                      policy, ratios=ONE)
+        s.bind(req("b", 72, 288), s.by_name["big"])
+        s.bind(req("s", 16, 64), s.by_name["small"])
+        return s
+
+    s = pool(Virtkit(churn=1.0))
+    assert s.schedule(req("x", 8, 32)).host == "small"
+    assert s.schedule(req("large", 24, 96)).host == "big"
+    s = pool("pack")  # MostAllocated, by share of each host, splits the free space in two holes of 16
+    assert s.schedule(req("x", 8, 32)).host == "big"
+    assert s.schedule(req("large", 24, 96)).host is None
+
+
+@pytest.mark.parametrize(("scarce", "expect"), [("vcpus", "a"), ("memory_mib", "b")])
+def test_consolidating_fills_by_the_resource_the_pool_runs_out_of(scarce: str, expect: str) -> None:
+    # a and b end equally full by share; the one whose leftover is of the resource in excess is preferred
+    s = Scheduler([Host(n, {"vcpus": 16, "memory_mib": 16}) for n in ("a", "b", "c")], Virtkit(churn=1.0),
+                  ratios=ONE)
+    s.bind(req("ra", 14, 6), s.by_name["a"])  # free: 2 vCPU, 10 memory
+    s.bind(req("rb", 10, 12), s.by_name["b"])  # free: 6 vCPU, 4 memory
+    s.bind(req("rc", 16 if scarce == "vcpus" else 0, 16 if scarce == "memory_mib" else 0), s.by_name["c"])
+    assert s.schedule(req("x", 1, 1)).host == expect
+    e = explain(s, req("y", 1, 1))
+    m = re.search(r"free vcpus weigh x([\d.]+) in the fill, free memory x([\d.]+)", e["policy_state"])
+    assert m, e["policy_state"]
+    w_cpu, w_mem = float(m[1]), float(m[2])
+    assert (w_cpu > 1.8 > 0.2 > w_mem) if scarce == "vcpus" else (w_mem > 1.8 > 0.2 > w_cpu)

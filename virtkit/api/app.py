@@ -48,6 +48,9 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(volumes_router)
     app.include_router(snapshots_router)
     app.include_router(networks_router)
+    from virtkit.api.routes_sched import router as sched_router
+
+    app.include_router(sched_router)
 
     # -- instances ------------------------------------------------------------------------------------
     @app.get("/v1/instances")

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from virtkit.client.images import ImagesAPI
 from virtkit.client.networks import NetworksAPI
+from virtkit.client.sched import SchedAPI
 from virtkit.client.snapshots import SnapshotsAPI
 from virtkit.client.transport import Transport, path_of
 from virtkit.client.volumes import VolumesAPI
@@ -41,7 +42,7 @@ def connect(home: str | None = None, autostart: bool = True) -> Client:
     return client
 
 
-class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI):
+class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI, SchedAPI):
     def __init__(self, socket_path: str, home: str | None = None, timeout: float | None = 600.0) -> None:
         self.socket_path = socket_path
         self.home = home

@@ -1,7 +1,8 @@
 """virtkit.sched: placement policy — filter, score, bind, batch, preemption, quotas, rebalancing plans.
 
 Pure functions and plain data, no syscalls. Entry points: `Scheduler` (engine), `plan_consolidation`,
-`plan_drain` (planner), `virtkit-sched` (replay command, `virtkit.sched.cli`).
+`plan_drain` (planner), `virtkit-sched` (replay command, `virtkit.sched.cli`), and the same place / explain
+over JSON (`virtkit.sched.jsonio`, served by virtkitd under /v1/sched).
 """
 
 from __future__ import annotations

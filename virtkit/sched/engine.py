@@ -68,6 +68,10 @@ class Scheduler:
         self.by_name: dict[str, HostState] = {}
         self._buckets: dict[tuple[int, int], dict[int, None]] = {}
         self._keys: list[tuple[int, int]] = []
+        # pool totals for the policy (kept as hosts come and requests are bound and released)
+        self.pool_used = [0.0] * len(self.resources)
+        self.pool_cap = [0.0] * len(self.resources)
+        self.pool_max = [0.0] * len(self.resources)
         for h in hosts:
             self.add_host(h)
         self.groups: dict[str, Group] = {g.name: g for g in groups}
@@ -91,6 +95,9 @@ class Scheduler:
             if r not in self.resources:
                 raise SchedError(f"host {h.name!r}: unknown resource {r!r}")
         hs = HostState(len(self.hosts), h, self.resources, self.ratios)
+        for i, c in enumerate(hs.cap):
+            self.pool_cap[i] += c
+            self.pool_max[i] = max(self.pool_max[i], c)
         self.hosts.append(hs)
         self.by_name[h.name] = hs
         self._index(hs)
@@ -245,13 +252,21 @@ class Scheduler:
     def best(self, cands: list[HostState], req: Request, d: list[float]) -> HostState:
         if len(cands) == 1:
             return cands[0]
-        self.policy.pool_size = len(self.hosts)
-        self.policy.churn = self.churn()
+        self.prepare_policy()
         scores = self.policy.rank(cands, d, req)
         if any(not self.groups[g].hard for g in req.groups):
             scores = [s + self.group_bonus(h, req) for s, h in zip(scores, cands, strict=True)]
         best_i = max(range(len(cands)), key=scores.__getitem__)
         return cands[best_i]
+
+    def prepare_policy(self) -> None:
+        """Tell the policy what its scores may depend on beyond the host: pool size, churn, pool use."""
+        p = self.policy
+        p.pool_size = len(self.hosts)
+        p.churn = self.churn()
+        p.pool_use = tuple(u / c if c > 0 else 0.0  # type: ignore[assignment]
+                           for u, c in zip(self.pool_used[:2], self.pool_cap[:2], strict=True))
+        p.pool_max = (self.pool_max[0], self.pool_max[1]) if self.hosts else None
 
     # ---- decisions ----
     def schedule(self, req: Request, bind: bool = True) -> Decision:
@@ -291,6 +306,7 @@ class Scheduler:
         d = self.vector(req) if d is None else d
         for i, x in enumerate(d):
             h.used[i] += x
+            self.pool_used[i] += x
         h.residents[req.id] = req
         self.where[req.id] = h
         for g in req.groups:
@@ -313,7 +329,9 @@ class Scheduler:
         req = h.residents.pop(req_id)
         d = self.vector(req)
         for i, x in enumerate(d):
+            before = h.used[i]
             h.used[i] = max(0.0, h.used[i] - x) if h.residents else 0.0
+            self.pool_used[i] -= before - h.used[i]
         for g in req.groups:
             for table, key in ((self.group_hosts[g], h.index), (self.group_zones[g], h.zone)):
                 table[key] -= 1  # type: ignore[index]

@@ -26,8 +26,7 @@ def explain(s: Scheduler, req: Request) -> dict[str, Any]:
             rows.append({"host": h.name, "status": "filtered", "filter": why[0], "reason": why[1]})
         else:
             feasible.append(h)
-    s.policy.pool_size = len(s.hosts)
-    s.policy.churn = s.churn()
+    s.prepare_policy()
     if feasible:
         parts = s.policy.rank_breakdown(feasible, d, req)
         for h, b in zip(feasible, parts, strict=True):

@@ -27,6 +27,8 @@ class Policy:
     batch = "sorted"  # or "bins": fill host by host (see batch.py)
     pool_size = 1  # set by the engine before ranking
     churn = 0.0  # departures / arrivals lately, set by the engine before ranking
+    pool_use: tuple[float, float] = (0.0, 0.0)  # the pool's used share of vcpus and memory, set likewise
+    pool_max: tuple[float, float] | None = None  # the largest host's vcpus and memory, set likewise
 
     def describe(self) -> str:
         """What the policy's scores depend on beyond the host and the request (explain prints it)."""
@@ -135,11 +137,18 @@ class Virtkit(Policy):
 
     Two scorings, blended by the churn the engine observes (departures / arrivals over the recent past):
     - consolidate (weight min(1, churn / CHURN_FULL)) — what departures reward:
-      fill: the host that ends up fullest, so that hosts drain and empty whole for big requests;
+      fill: the host left with the least free capacity, so that hosts drain and empty whole for big
+      requests; free capacity in absolute terms (as a share of the pool's largest host, not of the host
+      itself: with mixed host shapes a small hole on a small host is kept before a big one on a big host),
+      each resource weighted by how scarce it is in the pool (its used share to the power SCARCITY_POWER,
+      so the resource that runs out first decides, as in a CPU-bound pool of memory-rich hosts);
       stranding: penalise free vCPU left without the memory the workload asks per vCPU (or the reverse),
       measured against the running vCPU:memory ratio of the requests seen so far, not the host's own shape;
-      lifetime: when departures are known, penalise extending a host's life past its residents' last
-      departure, so hosts empty together (LAVA-like); age: a slight preference for hosts early in the pool.
+      lifetime: when departures are given, only their lifetime class is used (as LAVA would predict it: the
+      lifetime rounded up to 5 min x 4^k), and extending a host's life past its residents' last class end is
+      penalised on a log scale (an hour's extension costs a tenth of a month's, a day's half), so hosts
+      empty together;
+      age: a slight preference for hosts early in the pool.
     - align (the rest) — what a pool whose instances stay needs, since every host's free space is filled
       by what comes next: the cosine between the request and the host's free capacity (both as fractions
       of the host), so each host fills evenly in both resources and little is stranded when the pool is
@@ -155,7 +164,9 @@ class Virtkit(Policy):
     align_weight = 100.0
     align_fill = 0.1  # share of the fill term kept while aligning (a tie-break)
     CHURN_FULL = 0.5  # churn from which the policy consolidates only
-    day = 86400.0
+    SCARCITY_POWER = 8.0
+    LIFE_UNIT = 300.0  # lifetime classes: up to 5 min, 20 min, 80 min, ... (x4 each)
+    LIFE_HORIZON = 30 * 86400.0  # an extension this long costs the lifetime weight (longer ones more)
 
     def __init__(self, churn: float | None = None) -> None:
         """churn: a fixed blend (1.0: consolidate only, 0.0: align only) instead of the engine's estimate."""
@@ -173,8 +184,11 @@ class Virtkit(Policy):
     def describe(self) -> str:
         g = self.consolidate_weight()
         churn = self.churn if self.fixed_churn is None else self.fixed_churn
+        p0, p1 = (max(u, 1e-6) ** self.SCARCITY_POWER for u in self.pool_use)
         return (f"churn {churn:.2f} (departures / arrivals, recent): consolidate x{g:.2f}, align x{1 - g:.2f}; "
-                f"workload ratio {self._ratio() / 1024:.2f} GiB per vCPU")
+                f"workload ratio {self._ratio() / 1024:.2f} GiB per vCPU; pool use vcpus {self.pool_use[0]:.0%}, "
+                f"memory {self.pool_use[1]:.0%}: free vcpus weigh x{2 * p0 / (p0 + p1):.2f} in the fill, "
+                f"free memory x{2 * p1 / (p0 + p1):.2f}")
 
     @staticmethod
     def _stranded(h: HostState, f0: float, f1: float, rho: float) -> float:
@@ -188,21 +202,41 @@ class Virtkit(Policy):
         g = self.consolidate_weight()
         f0, f1 = c0 - h.used[0], c1 - h.used[1]
         a0, a1 = f0 - d[0], f1 - d[1]
-        fill = ((c0 - a0) / c0 + (c1 - a1) / c1) * 50
-        out = {"fill": fill * (g + (1 - g) * self.align_fill)}
+        k0, k1 = self._fill_scale(h)
+        fill = g * (2 - k0 * a0 - k1 * a1) * 50 + (1 - g) * self.align_fill * ((c0 - a0) / c0 + (c1 - a1) / c1) * 50
+        out = {"fill": fill}
         if g > 0:
             rho = self._ratio()
             if rho > 0:
                 out["stranding"] = -g * self.strand_weight * (self._stranded(h, a0, a1, rho)
                                                               - self._stranded(h, f0, f1, rho))
             out["age"] = -g * self.age_weight * h.index / max(1, self.pool_size)
-            if self.lifetime_weight and req.departure is not None and h.residents:
-                end = max((r.departure for r in h.residents.values() if r.departure is not None), default=None)
-                if end is not None and req.departure > end:
-                    out["lifetime"] = -g * min(1.0, (req.departure - end) / self.day) * self.lifetime_weight
+            mine = self.class_end(req) if self.lifetime_weight and h.residents else None
+            if mine is not None:
+                end = max((e for r in h.residents.values() if (e := self.class_end(r)) is not None), default=None)
+                if end is not None and mine > end:
+                    out["lifetime"] = -g * self.lifetime_weight * (math.log1p((mine - end) / 3600)
+                                                                   / math.log1p(self.LIFE_HORIZON / 3600))
         if g < 1:
             out["alignment"] = (1 - g) * self.align_weight * _cosine(f0 / c0, f1 / c1, d[0] / c0, d[1] / c1)
         return out
+
+    def _fill_scale(self, h: HostState) -> tuple[float, float]:
+        """What one unit of free vcpus and of memory costs the consolidating fill score (2 = all free)."""
+        p0, p1 = (max(u, 1e-6) ** self.SCARCITY_POWER for u in self.pool_use)
+        m0, m1 = self.pool_max or (h.cap[0], h.cap[1])
+        return 2 * p0 / (p0 + p1) / (m0 or 1.0), 2 * p1 / (p0 + p1) / (m1 or 1.0)
+
+    @classmethod
+    def class_end(cls, r: Request) -> float | None:
+        """When r's lifetime class says it ends: its arrival plus its lifetime rounded up to a class bound."""
+        if r.departure is None:
+            return None
+        if r.arrival is None:
+            return r.departure
+        life = r.departure - r.arrival
+        k = math.ceil(math.log(life / cls.LIFE_UNIT, 4) - 1e-9) if life > cls.LIFE_UNIT else 0
+        return r.arrival + cls.LIFE_UNIT * 4.0 ** k
 
     def rank(self, cands: list[HostState], d: list[float], req: Request) -> list[float]:
         self.seen_cpu += d[0]
@@ -213,7 +247,10 @@ class Virtkit(Policy):
         g = self.consolidate_weight()
         rho = self._ratio() if g > 0 else 0.0
         d0, d1 = d[0], d[1]
-        wf = 50 * (g + (1 - g) * self.align_fill)
+        wf, wg = 50 * (1 - g) * self.align_fill, 50 * g
+        k0 = k1 = 0.0
+        if wg and self.pool_max is not None:
+            k0, k1 = self._fill_scale(cands[0])
         ws, wa = g * self.strand_weight, (1 - g) * self.align_weight
         age = g * self.age_weight / max(1, self.pool_size)
         dn = math.hypot(d0, d1)
@@ -226,6 +263,10 @@ class Virtkit(Policy):
             f0, f1 = c0 - h.used[0], c1 - h.used[1]
             a0, a1 = f0 - d0, f1 - d1
             s = ((c0 - a0) / c0 + (c1 - a1) / c1) * wf
+            if wg:
+                if self.pool_max is None:
+                    k0, k1 = self._fill_scale(h)
+                s += (2 - k0 * a0 - k1 * a1) * wg
             if age:
                 s -= age * h.index
             if rho > 0:

@@ -6,7 +6,7 @@ import heapq
 from collections.abc import Callable
 from itertools import groupby
 
-from virtkit.sched.engine import Scheduler
+from virtkit.sched.engine import Decision, Scheduler
 from virtkit.sched.model import Request
 
 
@@ -18,6 +18,7 @@ def replay(
     batch: bool = False,
     stop_before: str | None = None,
     observe: Callable[[float, Scheduler], None] | None = None,
+    reasons: dict[str, str] | None = None,
 ) -> dict[str, str | None]:
     """Place every request; answers id -> host (None: rejected, or evicted by preemption before its end).
 
@@ -27,6 +28,7 @@ def replay(
     Untimed: one batch of everything, or file order.
     stop_before: stop just before placing that request (explain replays the state it would meet).
     observe(t, s) is called after each group of arrivals (the benchmark samples state with it).
+    reasons, when given, gets why each request was rejected or preempted, and how each placement preempted.
     """
     result: dict[str, str | None] = {r.id: None for r in reqs}
     seq = {r.id: i for i, r in enumerate(reqs)}
@@ -48,31 +50,26 @@ def replay(
             ids = [r.id for r in group]
             if stop_before in ids:
                 for r in group[: ids.index(stop_before)]:
-                    _place_one(s, r, result, departures, seq, timed)
+                    _record(s, s.schedule(r), result, departures, seq, timed, reasons)
                 return result
-        if len(group) > 1:
-            for d in s.place_batch(group):
-                result[d.request_id] = d.host
-                _after_bind(s, d.request_id, d.host, d.victims, result, departures, seq, timed)
-        else:
-            _place_one(s, group[0], result, departures, seq, timed)
+        for d in s.place_batch(group) if len(group) > 1 else [s.schedule(group[0])]:
+            _record(s, d, result, departures, seq, timed, reasons)
         if observe is not None:
             observe(t, s)
     return result
 
 
-def _place_one(s: Scheduler, r: Request, result: dict[str, str | None], departures: list[tuple[float, bool, int, str]],
-               seq: dict[str, int], timed: bool) -> None:
-    d = s.schedule(r)
-    result[r.id] = d.host
-    _after_bind(s, r.id, d.host, d.victims, result, departures, seq, timed)
-
-
-def _after_bind(s: Scheduler, rid: str, host: str | None, victims: list[str], result: dict[str, str | None],
-                departures: list[tuple[float, bool, int, str]], seq: dict[str, int], timed: bool) -> None:
-    for v in victims:
+def _record(s: Scheduler, d: Decision, result: dict[str, str | None],
+            departures: list[tuple[float, bool, int, str]], seq: dict[str, int], timed: bool,
+            reasons: dict[str, str] | None) -> None:
+    result[d.request_id] = d.host
+    for v in d.victims:
         result[v] = None
-    if host is not None and timed:
-        r = s.where[rid].residents[rid]
+        if reasons is not None:
+            reasons[v] = f"preempted by {d.request_id!r}, of higher priority"
+    if reasons is not None and d.reason:
+        reasons[d.request_id] = d.reason
+    if d.host is not None and timed:
+        r = s.where[d.request_id].residents[d.request_id]
         if r.departure is not None:
-            heapq.heappush(departures, (r.departure, r.departure == r.arrival, seq[rid], rid))
+            heapq.heappush(departures, (r.departure, r.departure == r.arrival, seq[d.request_id], d.request_id))
