@@ -155,3 +155,17 @@ def test_command_line_is_microvm_with_pvh_kernel_and_qmp() -> None:
     assert "cryptomgr.notests" in append and "virtkit.cmd=eA==" in append
     if accel.host_tsc_khz():
         assert "tsc_early_khz=" in append
+
+
+def test_vhost_net_only_with_kvm_and_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from virtkit.vm.qemu import cmdline
+
+    net = {"tap": "vkt0", "mac": "02:00:00:00:00:01"}
+    assert "vhost=on" not in " ".join(cmdline.net_args(net))
+    assert ",vhost=on" in cmdline.net_args(net, vhost=True)[1]
+    cfg = dict(name="virtkit-x", vcpus=1, memory_mib=256, vmlinux="/k/vmlinux", initramfs="/k/initrd",
+               console_log="/v/console.log", qmp_socket="/r/qmp.sock", net=net)
+    for name, device_there, expected in (("kvm", True, True), ("kvm", False, False), ("tcg", True, False)):
+        monkeypatch.setattr(cmdline.os.path, "exists", lambda p, there=device_there: there and p == cmdline.VHOST_NET)
+        argv = build_argv(VmConfig(accel=accel.Accel(name, "test"), **cfg), binary="/usr/bin/qemu-system-x86_64")
+        assert ("vhost=on" in " ".join(argv)) is expected, (name, device_there)
