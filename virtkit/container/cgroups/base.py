@@ -96,8 +96,15 @@ def read_procs(directory: str) -> list[int]:
 
 def rmdir_tree(directory: str) -> None:
     """Remove a cgroup and any child cgroups made inside it (deepest first); absent is fine."""
-    if not os.path.isdir(directory):
+    try:
+        os.rmdir(directory)         # the usual case, a leaf: one syscall, no walk
         return
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        # cgroupfs says EBUSY for a cgroup with child cgroups (or with tasks: then the walk's rmdir says it again)
+        if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.EEXIST):
+            raise
     for dirpath, _dirs, _files in os.walk(directory, topdown=False):
         try:
             os.rmdir(dirpath)
