@@ -330,7 +330,7 @@ class Runtime:
         proc.update(process)
         specmod.validate_process(proc)
         cg = _cgroup(rec["cgroup"])
-        initmod.preload({"linux": rec["spec"].get("linux") or {}})
+        initmod.preload({"linux": rec["spec"].get("linux") or {}, "process": proc})
         parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         opts = {"stdio": stdio, "cgroup": cg, "console_socket": console_socket, "detach": detach,
                 "preserve_fds": preserve_fds}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from virtkit.core.errors import InvalidArgument
 
 F = "linux.resources"
@@ -184,6 +182,8 @@ def shares_to_weight(shares: int) -> int:
         return 1
     if shares >= 262144:
         return 10000
+    import math  # here: only v2's weight conversion needs it, not every container start
+
     lg = math.log2(shares)
     exponent = (lg * lg + 125 * lg) / 612.0 - 7.0 / 34.0
     return math.ceil(10**exponent)
