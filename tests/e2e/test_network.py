@@ -414,3 +414,79 @@ def test_disconnect_the_primary_network_and_connect_back(vk_home, client, name, 
     assert _http(f"http://127.0.0.1:{port}/", wait=10) == f"hello-{name}\n"
     r = vk(vk_home, "exec", name + "-p", "--", "sh", "-c", wget(f"http://{name}/"))
     assert r.stdout.decode() == f"hello-{name}\n", r.stderr
+
+
+@pytest.fixture
+def outside_host():  # type: ignore[no-untyped-def]
+    """A host "outside": a namespace behind a veth of the host's own (10.251.77.0/30), listening on TCP 8000
+    and answering "outside-ok". The host routes to it; it has no route back to any virtkit network."""
+    from pyroute2 import IPRoute
+
+    from virtkit.net import netns
+
+    path, host_if = f"/run/vk-outside-{uuid.uuid4().hex[:6]}", f"vko{uuid.uuid4().hex[:6]}"
+    netns.create(path)
+    listener: list[socket.socket] = []
+    try:
+        with IPRoute() as ipr:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+            finally:
+                os.close(fd)
+            idx = ipr.link_lookup(ifname=host_if)[0]
+            ipr.addr("add", index=idx, address="10.251.77.1", prefixlen=30)
+            ipr.link("set", index=idx, state="up")
+
+        def inside() -> socket.socket:
+            with IPRoute() as ipr:
+                for name in ("lo", "eth0"):
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+                ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address="10.251.77.2", prefixlen=30)
+            s = socket.socket()
+            s.bind(("10.251.77.2", 8000))
+            s.listen(4)
+            return s
+
+        listener.append(netns.run_in(path, inside))
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener[0].accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\noutside-ok\n")
+
+        import threading
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield "10.251.77.2"
+    finally:
+        for s in listener:
+            s.close()
+        from virtkit.net import links
+
+        links.delete_link(host_if)
+        netns.remove(path)
+
+
+def test_nat_reaches_outside_on_a_host_that_did_not_forward(vk_home, client, name, cleanup, outside_host):
+    """Debian leaves net.ipv4.ip_forward off: a --nat network turns it on, as Docker does, or nothing leaves."""
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        saved = f.read().strip()
+    try:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("0")
+        net = _net(vk_home, "--nat")
+        cleanup["networks"].append(net["name"])
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            assert f.read().strip() == "1"
+        # (busybox 1.35's wget -T segfaults, on the host too: timeout instead)
+        r = _sh(vk_home, net["name"], f"timeout 10 wget -qO- http://{outside_host}:8000/")
+        assert r.stdout.decode() == "outside-ok\n", (r.stdout.decode(), r.stderr.decode())
+    finally:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(saved)

@@ -40,6 +40,7 @@ class NetFabric:
     def ensure_network(self, index: int, gateway: str, prefixlen: int, gateway6: str | None = None,
                        prefixlen6: int | None = None, forward6: bool = False) -> None:
         links.ensure_bridge(self.bridge_name(index), gateway, prefixlen, gateway6=gateway6, prefixlen6=prefixlen6)
+        links.enable_ipv4_forwarding()
         if forward6:
             links.enable_ipv6_forwarding()
 

@@ -75,6 +75,13 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int | None = Non
     _sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
 
 
+def enable_ipv4_forwarding() -> None:
+    """Routing between interfaces for IPv4 (net.ipv4.ip_forward), as Docker turns it on: Debian leaves it off,
+    and without it nothing leaves a --nat network and no port published on the host's addresses is reached (the
+    kernel forwards a packet only when the interface it came in on forwards). It stays on."""
+    _sysctl("net/ipv4/ip_forward", "1")
+
+
 def enable_ipv6_forwarding() -> None:
     """IPv6 routing between interfaces is one switch for the whole host (net.ipv6.conf.all.forwarding; there is
     no per-interface one as in IPv4): needed by networks with IPv6 and a route out, as Docker does. It stays on."""
