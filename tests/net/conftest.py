@@ -21,6 +21,7 @@ class FakeFabric:
                         ipaddress.IPv6Network("::/0")]
         self.bridges6: dict[int, str] = {}
         self.forward6 = False
+        self.other_bridges: dict[str, ipaddress.IPv4Network] = {}    # interfaces not of this home, by name
         self.fail_attach = False
         self.removed_ifaces: list[str] = []
         self.busy: set[tuple[str | None, int, str]] = set()
@@ -44,6 +45,9 @@ class FakeFabric:
     def remove_network(self, index: int) -> None:
         self.bridges.pop(index, None)
         self.bridges6.pop(index, None)
+
+    def subnet_users(self, subnet: ipaddress.IPv4Network, index: int) -> list[str]:
+        return [name for name, net in self.other_bridges.items() if net.overlaps(subnet)]
 
     def host_routes(self) -> list[ipaddress.IPv4Network]:
         return list(self.routes)

@@ -66,3 +66,19 @@ def test_tap_for_a_vm_on_the_bridge(tmp_path):
     finally:
         fab.remove_network(8)
     assert fab.leftovers() == []
+
+
+def test_subnet_users_names_other_interfaces_routing_into_a_subnet(tmp_path):
+    import ipaddress
+
+    fab = NetFabric(Home(str(tmp_path)))
+    try:
+        fab.ensure_network(6, "10.99.6.1", 24)
+        subnet = ipaddress.IPv4Network("10.99.6.0/24")
+        assert fab.subnet_users(subnet, 6) == []                           # its own bridge is no clash
+        assert links.subnet_users(subnet, "someone-else") == [fab.bridge_name(6)]
+        assert links.subnet_users(ipaddress.IPv4Network("10.99.6.128/25"), "x") == [fab.bridge_name(6)]
+        assert links.subnet_users(ipaddress.IPv4Network("10.99.7.0/24"), "x") == []
+    finally:
+        fab.remove_network(6)
+    assert fab.leftovers() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import threading
 import time
@@ -42,6 +43,24 @@ def test_setup_makes_default_avoiding_host_routes(store, fabric):
     assert net.subnet == "10.80.1.0/24" and net.gateway == "10.80.1.1" and net.nat   # 10.80.0.0/24 is routed
     svc.setup()                                                  # idempotent: a restart keeps it
     assert [n["name"] for n in svc.list()] == ["default"]
+
+
+def test_a_subnet_taken_while_the_home_was_stopped(store, fabric, capsys):
+    """Another home's network took our subnets while we were down: the unused default network moves, a network
+    with instances on it stays and the clash is said."""
+    svc = NetworkService(store, fabric)
+    svc.setup()
+    svc.create({"name": "front", "subnet": "10.77.1.0/24"})
+    _attach(svc, store, "web", network="front")
+    fabric.routes.append(ipaddress.IPv4Network("10.80.1.0/24"))
+    fabric.other_bridges = {"vkbother0": ipaddress.IPv4Network("10.80.1.0/24"),
+                            "vkbother1": ipaddress.IPv4Network("10.77.1.0/24")}
+    svc.setup()
+    err = capsys.readouterr().err
+    assert svc.get("default").subnet == "10.80.2.0/24", err
+    assert "default network moved from 10.80.1.0/24 to 10.80.2.0/24: vkbother0" in err
+    assert svc.get("front").subnet == "10.77.1.0/24"
+    assert "network 'front' (10.77.1.0/24) clashes with vkbother1" in err
 
 
 def test_create_validates_and_refuses_overlap(store, fabric):

@@ -162,10 +162,30 @@ class NetworkService(InstanceNetworking):
             except NotFound:
                 self._create(DEFAULT, None, nat=True, isolated=False)
             for net in self.store.list_networks():
+                if self._clashes(net):
+                    continue
                 self._ensure_bridge(net)
             self.restore_ports()
             self._apply_rules()
             self._publish_names()
+
+    def _clashes(self, net: Network) -> bool:
+        """At start: another interface may have taken this network's subnet while the home was stopped (another
+        home's network, made then, or another program). The default network with nobody on it moves to a free
+        subnet (True: made anew); any other clash is said loudly, and the network is brought up as it is."""
+        others = self.fabric.subnet_users(ipaddress.IPv4Network(net.subnet), net.index)
+        if not others:
+            return False
+        if net.name == DEFAULT and not self.store.list_leases(network=net.name):
+            self.store.delete_network(net.name)
+            moved = self._create(DEFAULT, None, nat=net.nat, isolated=net.isolated)
+            print(f"virtkitd: the default network moved from {net.subnet} to {moved.subnet}: "
+                  f"{', '.join(others)} took that subnet while this home was stopped", file=sys.stderr, flush=True)
+            return True
+        print(f"virtkitd: network '{net.name}' ({net.subnet}) clashes with {', '.join(others)} on this host: its "
+              "instances may not reach each other or the host until one of the two goes", file=sys.stderr,
+              flush=True)
+        return False
 
     def _ensure_bridge(self, net: Network) -> None:
         v6: dict[str, Any] = {}

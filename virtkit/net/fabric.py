@@ -47,6 +47,10 @@ class NetFabric:
     def remove_network(self, index: int) -> None:
         links.delete_link(self.bridge_name(index))
 
+    def subnet_users(self, subnet: ipaddress.IPv4Network, index: int) -> list[str]:
+        """Other interfaces of the host routing into `subnet` (not network `index`'s own bridge)."""
+        return links.subnet_users(subnet, self.bridge_name(index))
+
     def host_routes(self) -> list[ipaddress.IPv4Network]:
         return links.host_routes()
 

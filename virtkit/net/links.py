@@ -186,6 +186,22 @@ def host_routes(family: int = AF_INET) -> list[Any]:
     return out
 
 
+def subnet_users(subnet: Any, own: str) -> list[str]:
+    """Names of the host's interfaces other than `own` that have a route into `subnet` (another virtkit home
+    that took the same subnet while this one was stopped, or another program)."""
+    with _ipr("list routes") as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        found = []
+        for r in ipr.get_routes(family=AF_INET):
+            dst = r.get_attr("RTA_DST")
+            if dst is None or r["dst_len"] == 0:
+                continue
+            name = names.get(r.get_attr("RTA_OIF"))
+            if name and name != own and ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False).overlaps(subnet):
+                found.append(name)
+    return sorted(set(found))
+
+
 def _tbf(ipr: IPRoute, idx: int, rate_bits: int) -> None:
     burst = max(rate_bits // 8 // 100, 16 * 1024)      # ~10 ms of traffic, at least 16 KiB
     ipr.tc("add", "tbf", index=idx, handle="1:", rate=f"{rate_bits}bit", burst=burst, latency="50ms")
