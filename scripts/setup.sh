@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' >.venv/pip-install.log 2>&1 || {
     cat .venv/pip-install.log >&2; echo "setup.sh: pip install failed" >&2; exit 1; }
-.venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp, zstandard' || {
+.venv/bin/python -c 'import virtkit, fastapi, uvicorn, sqlalchemy, pyseccomp, zstandard, pycdlib' || {
     echo "setup.sh: the Python packages did not install" >&2; exit 1; }
 
 # Launchers for the hot commands, started with -IS: skipping the site import saves ~12 ms per command.

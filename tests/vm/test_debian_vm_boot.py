@@ -133,6 +133,9 @@ def test_debian_vm_boots_execs_and_clones_from_its_template(home: str) -> None:
     first = identity(home, "dvm1")
     net = inspect(home, "dvm1")["spec"]["net"]
     assert first["hostname"] == "dvm1" and first["ip"] == net["address"] and first["mac"] == net["mac"]
+    # no guest configuration: the kernel command line turned cloud-init off before any of its units ran
+    assert guest(home, "dvm1", "test -e /run/cloud-init/enabled && echo on; systemctl is-active cloud-init-local "
+                               "cloud-final || true").split() == ["inactive", "inactive"]
     assert ok(vk(home, "exec", "dvm1", "--", "uname", "-r")).strip() == \
         shared_build()["vm"].config["config"]["Labels"]["org.virtkit.vm.kernel.release"]
     wait_template(home)
@@ -202,3 +205,27 @@ def test_a_template_that_fails_to_load_is_dropped_the_vm_boots_and_a_new_one_is_
     assert identity(home, "dvm5")["hostname"] == "dvm5"
     for name in ("dvm4", "dvm5"):
         ok(vk(home, "rm", "-f", name))
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0fOdJKZPu6PhqAhKRUsB7u2VDdVGqYdWlCyHY1kvYq me@host"
+
+
+def test_a_vm_given_user_data_and_a_key_boots_and_cloud_init_applies_them(home: str, tmp_path: Any) -> None:
+    ud, key = tmp_path / "user-data", tmp_path / "id_ed25519.pub"
+    ud.write_text("#cloud-config\nwrite_files:\n - path: /root/from-user-data\n   content: made by cloud-init\n")
+    key.write_text(KEY + "\n")
+    # a file that is not there: a usage error, and nothing is made
+    r = vk(home, "run", "--vm", "-d", "--name", "dci0", "--ssh-key", str(tmp_path / "nope.pub"), "deb-vm")
+    assert r.returncode == 2 and "ssh_keys:" in r.stderr and "nope.pub: no such file" in r.stderr, r.stderr
+    assert "dci0" not in ok(vk(home, "list"))
+
+    r = vk(home, "run", "--vm", "-d", "--name", "dci1", "--memory", "1G", "--user-data", str(ud),
+           "--ssh-key", str(key), "deb-vm")
+    assert ok(r).strip() == "dci1"
+    assert "dci1 boots: guest configuration given (--user-data, --ssh-key)" in r.stderr, r.stderr
+    out = guest(home, "dci1", "cloud-init status --wait; cat /root/from-user-data; echo; "
+                              "cat /root/.ssh/authorized_keys; hostname")
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.strip().startswith(".")]
+    assert lines == ["status: done", "made by cloud-init", KEY, "dci1"], out
+    ok(vk(home, "rm", "-f", "dci1"))
+    assert "dci1" not in ok(vk(home, "list"))

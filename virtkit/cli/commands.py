@@ -40,6 +40,8 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "memory_swappiness": a.memory_swappiness, "oom_kill_disable": a.oom_kill_disable or None,
         "cpu_weight": a.cpu_weight, "cpuset_cpus": a.cpuset_cpus, "disk_size": a.disk_size,
         "template": False if a.no_template else None,
+        "user_data": os.path.abspath(a.user_data) if a.user_data else None,
+        "ssh_keys": [os.path.abspath(k) for k in a.ssh_key],
     }
     options = {k: v for k, v in options.items() if v not in (None, [])}
     if a.detach:

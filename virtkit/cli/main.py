@@ -92,6 +92,10 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--disk-size", help="VM root disk size, e.g. 4G (default: the image's disk, at least 1G)")
     r.add_argument("--no-template", action="store_true",
                    help="VM of a system image: boot it, rather than start it from the image's saved template")
+    r.add_argument("--user-data", metavar="FILE",
+                   help="VM of a system image: cloud-init user-data (#cloud-config or a script), passed as is")
+    r.add_argument("--ssh-key", metavar="FILE", action="append", default=[],
+                   help="VM of a system image: a public key file for root's authorized_keys (repeatable)")
     r.add_argument("--network", "--net", help="network to attach to (default: default; none: loopback only)")
     r.add_argument("--ip", help="static address on the network")
     r.add_argument("--ip6", help="static IPv6 address on the network (one created with --ipv6)")

@@ -104,8 +104,8 @@ def validate_create(req: dict[str, Any]) -> dict[str, Any]:
     if itype == "vm":
         spec.update(validate_vm_options(req))
     else:
-        for key in ("engine", "kernel_format", "disk_size", "template"):
-            if req.get(key) is not None:
+        for key in ("engine", "kernel_format", "disk_size", "template", "user_data", "ssh_keys"):
+            if req.get(key) not in (None, []):
                 raise InvalidArgument(f"{key}: only for VMs (--vm)")
     spec.update(validate_network_options(req))
     return spec
@@ -243,11 +243,69 @@ def validate_vm_options(req: dict[str, Any]) -> dict[str, Any]:
         if engine != "qemu":
             raise InvalidArgument("template: only for the qemu engine")
         out["template"] = bool(req["template"])
+    out.update(_guest_config(req, engine))
     for key in ("cap_add", "cap_drop", "pids", "workdir", "memory_swappiness", "oom_kill_disable",
                 "interactive", "tty"):
         if req.get(key):
             raise InvalidArgument(f"{key}: not supported for VMs yet")
     return out
+
+
+MAX_GUEST_FILE = 1 << 20          # --user-data and --ssh-key files: cloud-init reads its whole seed into memory
+_PUBLIC_KEY_RE = re.compile(r"(?:^|\s)(?:ssh-[\w-]+|ecdsa-sha2-\w+|sk-[\w.@-]+)\s+AAAA[0-9A-Za-z+/]+=*(?:\s|$)")
+
+
+def _guest_config(req: dict[str, Any], engine: str) -> dict[str, Any]:
+    """--user-data FILE and --ssh-key FILE (absolute paths on the daemon's host, as --kernel), read here into
+    the spec's cloud_init; the engine takes them only for VMs of system images that run cloud-init."""
+    path, keys = req.get("user_data"), req.get("ssh_keys") or []
+    if path is None and not keys:
+        return {}
+    if engine != "qemu":
+        raise InvalidArgument(f"{'user_data' if path is not None else 'ssh_keys'}: only for the qemu engine "
+                              "(VMs of system images, whose cloud-init reads it)")
+    if not isinstance(keys, list):
+        raise InvalidArgument(f"ssh_keys: must be a list of files (got {keys!r})")
+    out_keys: list[str] = []
+    for key_file in keys:
+        text = _read_guest_file(key_file, "ssh_keys")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if "PRIVATE KEY" in text:
+            raise InvalidArgument(f"ssh_keys: {key_file} is a private key: give its public key (the .pub file)")
+        if not lines or not all(_PUBLIC_KEY_RE.search(ln) for ln in lines):
+            raise InvalidArgument(f"ssh_keys: {key_file} is not an OpenSSH public key file "
+                                  "(lines like 'ssh-ed25519 AAAA... comment')")
+        out_keys += lines
+    user = None if path is None else _read_guest_file(path, "user_data")
+    return {"cloud_init": {"user_data": user, "ssh_keys": out_keys}}
+
+
+def _read_guest_file(path: Any, field: str) -> str:
+    import stat
+
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise InvalidArgument(f"{field}: must be an absolute path of a file (got {path!r})")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)     # a FIFO does not block the daemon
+    except FileNotFoundError:
+        raise InvalidArgument(f"{field}: {path}: no such file") from None
+    except OSError as exc:
+        raise InvalidArgument(f"{field}: {path} cannot be read: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"{field}: {path} is not a regular file")
+        try:
+            data = os.read(fd, MAX_GUEST_FILE + 1)
+        except OSError as exc:
+            raise InvalidArgument(f"{field}: {path} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_GUEST_FILE:
+        raise InvalidArgument(f"{field}: {path} is larger than {MAX_GUEST_FILE >> 20} MiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{field}: {path} is not UTF-8 text (compressed user-data is not supported)") from None
 
 
 MAX_DISK_SIZE = 16 << 40          # the largest ext4 image file a host ext4 holds

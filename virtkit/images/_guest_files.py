@@ -1,4 +1,5 @@
-"""The files the VM layer of a Debian image adds of its own: boot config, serial console login, guest network.
+"""The files the VM layer of a Debian image adds of its own: boot config, serial console login, guest network,
+cloud-init's settings.
 
 They are copied into the rootfs before the VM packages are installed, so the kernel package's own postinst
 already builds the initramfs from this configuration (one mkinitramfs run, not two).
@@ -105,6 +106,24 @@ After={GUEST_NET_UNIT}
 """
 
 
+# cloud-init reads only the NoCloud seed virtkit attaches (a disk labelled cidata: vm/qemu/seed.py) to VMs given
+# guest configuration; a VM without one gets cloud-init=disabled on its kernel command line, so the generator
+# turns cloud-init off before ds-identify runs (with one datasource listed, ds-identify does not look: it
+# enables it). The network stays virtkit-guest-net's (the kernel command line's), the filesystem is grown on
+# the host, keys given with --ssh-key are root's (no default user is made), and no locale is generated (seconds
+# under TCG); user-data may still say otherwise.
+_CLOUD_CFG = """# virtkit: the NoCloud seed virtkit attaches is the only source of guest configuration
+datasource_list: [NoCloud, None]
+network: {config: disabled}
+disable_root: false
+users: []
+locale: false
+resize_rootfs: false
+growpart: {mode: "off"}
+ssh_genkeytypes: []
+"""
+
+
 def guest_files() -> dict[str, tuple[str, int]]:
     """Path in the rootfs -> (text, mode)."""
     return {
@@ -117,6 +136,7 @@ def guest_files() -> dict[str, tuple[str, int]]:
         "usr/lib/virtkit/guest-net": (_GUEST_NET, 0o755),
         f"etc/systemd/system/{GUEST_NET_UNIT}": (_GUEST_NET_UNIT_TEXT, 0o644),
         "etc/systemd/system/qemu-guest-agent.service.d/virtkit.conf": (_AGENT_AFTER_NET, 0o644),
+        "etc/cloud/cloud.cfg.d/90_virtkit.cfg": (_CLOUD_CFG, 0o644),
     }
 
 

@@ -4,9 +4,9 @@ The base layer(s) are exactly those of `image build debian` with the same inputs
 cache when it is in the store, else built the same way), so both images share their base blobs. Over them, in
 an overlay whose upper dir becomes the VM layer, apt installs (from Debian's registry) the cloud kernel
 (linux-image-cloud-amd64), initramfs-tools, systemd-sysv, udev, dbus (logind handles the ACPI power button),
-qemu-guest-agent and iproute2, after _guest_files put in the boot config, the serial console login and the
-network unit. The layer is written like the base ones (sorted, numeric owners, mtimes clamped), files that
-equal the base's left out, overlay whiteouts as OCI ones.
+qemu-guest-agent, iproute2 and cloud-init (NoCloud only), after _guest_files put in the boot config, the
+serial console login, the network unit and cloud-init's settings. The layer is written like the base ones
+(sorted, numeric owners, mtimes clamped), files that equal the base's left out, overlay whiteouts as OCI ones.
 
 What the image offers the VM engine, in its config's Labels:
   org.virtkit.vm                  "1": the image boots as a VM
@@ -24,6 +24,8 @@ What the image offers the VM engine, in its config's Labels:
                                   network unit: an answering agent means hostname and address are set)
   org.virtkit.vm.params           the kernel parameters virtkit-guest-net.service applies at boot:
                                   virtkit.hostname=, virtkit.ip=ADDR/PREFIX, virtkit.gw=, virtkit.dns=, virtkit.mac=
+  org.virtkit.vm.cloudinit        nocloud: cloud-init reads a NoCloud seed (a disk labelled cidata) when the VM
+                                  has one, and is off when its kernel command line says cloud-init=disabled
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ __all__ = ["REQUIRED_INITRD_MODULES", "VM_PACKAGES", "build_vm_image", "initrd_e
            "vm_inputs", "vm_labels"]
 
 VM_LAYER_VERSION = 1
-VM_PACKAGES = ("dbus", "initramfs-tools", "iproute2", "linux-image-cloud-amd64", "qemu-guest-agent",
+VM_PACKAGES = ("cloud-init", "dbus", "initramfs-tools", "iproute2", "linux-image-cloud-amd64", "qemu-guest-agent",
                "systemd-sysv", "udev")
 REQUIRED_INITRD_MODULES = ("virtio_blk", "virtio_console", "virtio_mmio", "virtio_net", "virtio_pci", "ext4")
 GUEST_PARAMS = ("virtkit.hostname", "virtkit.ip", "virtkit.gw", "virtkit.dns", "virtkit.mac")
@@ -123,6 +125,7 @@ def vm_labels(kernel_release: str) -> dict[str, str]:
         "org.virtkit.vm.console": "ttyS0",
         "org.virtkit.vm.agent": "org.qemu.guest_agent.0",
         "org.virtkit.vm.params": " ".join(GUEST_PARAMS),
+        "org.virtkit.vm.cloudinit": "nocloud",
     }
 
 

@@ -13,6 +13,8 @@ Instance spec keys read (all optional):
   accel     "auto" (default) | "kvm" | "tcg"; a kvm that cannot work here is an InvalidArgument
   disk_size, volumes   the root disk's size and volume disks: vm/qemu/disks.py (snapshots: vm/qemu/snapshot.py)
   template  False (--no-template): a system image's VM boots rather than starting from its template
+  cloud_init  {"user_data": TEXT|None, "ssh_keys": [KEY, ...]} (--user-data, --ssh-key; core/options.py reads the
+            files): a NoCloud seed disk for a system image's cloud-init (vm/qemu/seed.py); such a VM boots
 
 A system image (`image build debian --vm`, labels org.virtkit.vm.*: vm/qemu/imageboot.py) boots its own kernel,
 initramfs and init with its own cmdline before virtkit's, and runs no command; exec goes to its qemu-guest-agent,
@@ -41,6 +43,7 @@ from virtkit.vm.qemu.access import GuestAccess
 from virtkit.vm.qemu.cmdline import VmConfig, build_argv, qemu_binary
 from virtkit.vm.qemu.disks import VmDisks
 from virtkit.vm.qemu.imageboot import ImageBoot, boot_files, image_boot
+from virtkit.vm.qemu.seed import SEED_FILE, seed_args, seed_files, write_seed
 from virtkit.vm.qemu.snapshot import VmSnapshots
 from virtkit.vm.qemu.template import VmTemplates
 
@@ -68,6 +71,7 @@ class QemuDriver(GuestAccess, VmTemplates, VmSnapshots, VmDisks, VmProcessDriver
 
             check_kernel_file(kernel)
         boot = self._image_boot(instance)
+        self._check_guest_config(instance, boot)
         if boot is not None:
             plan = self._plan_system(instance, plan, boot)
         plan.update(self._plan_disks(instance, plan))      # it may build the image's base disk
@@ -82,6 +86,24 @@ class QemuDriver(GuestAccess, VmTemplates, VmSnapshots, VmDisks, VmProcessDriver
             return None
         return image_boot(self.images.get(instance.image).config)
 
+    def _check_guest_config(self, instance: Instance, boot: ImageBoot | None) -> None:
+        guest = (instance.spec or {}).get("cloud_init")
+        if not guest:
+            return
+        field = "user_data" if guest.get("user_data") is not None else "ssh_keys"
+        if boot is None:
+            raise InvalidArgument(f"{field}: image '{instance.image}' takes no cloud-init: a minimal VM is "
+                                  "configured by its kernel command line (hostname, network, command); "
+                                  "--user-data and --ssh-key are for VMs of system images (image build debian --vm)")
+        if not boot.cloud_init:
+            raise InvalidArgument(f"{field}: image '{instance.image}' has no cloud-init to read it (an older "
+                                  "build: make it again with `virtkit image build debian --vm`)")
+        seed_files(instance.id, self._hostname(instance), guest["ssh_keys"], guest["user_data"])  # its errors now
+
+    @staticmethod
+    def _hostname(instance: Instance) -> str:
+        return (instance.spec or {}).get("hostname") or instance.name
+
     def _plan_system(self, instance: Instance, plan: dict[str, Any], boot: ImageBoot) -> dict[str, Any]:
         """The image boots its own init: no command, its kernel parameters first, then virtkit's (network,
         hostname; the MAC picks the interface) as its network unit reads them."""
@@ -94,9 +116,14 @@ class QemuDriver(GuestAccess, VmTemplates, VmSnapshots, VmDisks, VmProcessDriver
         params = [*boot.cmdline, *(p for p in plan["params"] if not p.startswith("virtkit.cmd="))]
         if plan.get("net"):
             params.append(f"virtkit.mac={plan['net']['mac']}")
+        seed = bool(spec.get("cloud_init"))
+        if boot.cloud_init and not seed:
+            params.append("cloud-init=disabled")    # its generator stops at once: no ds-identify, no units
         vmlinux, initrd = boot_files(self.home.vm_disks, self.images.get(instance.image).digest,
                                      self.images.layer_paths(instance.image), boot)
-        return {**plan, "params": params,
+        # "guest": the seed's content, for _install_boot_files only (taken out of the plan there, not stored)
+        guest = {"id": instance.id, "hostname": self._hostname(instance), **spec["cloud_init"]} if seed else None
+        return {**plan, "params": params, "seed": SEED_FILE if seed else None, "guest": guest,
                 "system": {"vmlinux": vmlinux, "initrd": initrd, "agent_port": boot.agent_port}}
 
     def _check_host(self) -> None:
@@ -115,6 +142,9 @@ class QemuDriver(GuestAccess, VmTemplates, VmSnapshots, VmDisks, VmProcessDriver
                 link_or_copy(plan["system"]["vmlinux"], vmlinux)
             link_or_copy(plan["system"]["initrd"], os.path.join(vdir, "initramfs.cpio"))
             self._install_disks(plan, vdir)
+            if guest := plan.pop("guest", None):
+                write_seed(os.path.join(vdir, SEED_FILE),
+                           seed_files(guest["id"], guest["hostname"], guest["ssh_keys"], guest["user_data"]))
             return {"release": "custom" if plan["kernel"] else "image"}
         if default is None:
             self._custom_kernel(plan["kernel"], vmlinux)
@@ -163,7 +193,8 @@ class QemuDriver(GuestAccess, VmTemplates, VmSnapshots, VmDisks, VmProcessDriver
             kernel_params=tuple(self._boot_params(instance, plan)), net=plan.get("net"),
             agent_socket=self.agent_socket(instance), agent_port=(plan.get("system") or {}).get("agent_port"),
         )
-        return build_argv(cfg) + self._disk_args(instance) + self._resume_args(instance) + \
+        seed = seed_args(self._file(instance, plan["seed"])) if plan.get("seed") else []
+        return build_argv(cfg) + self._disk_args(instance) + seed + self._resume_args(instance) + \
             self._template_args(instance)
 
     # -- state ----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 An image whose config Labels say org.virtkit.vm=1 carries what it boots (see virtkit/images/debian_vm.py):
 the kernel (a bzImage) and the initramfs at the paths org.virtkit.vm.kernel / .initrd name, the kernel
 parameters it expects (org.virtkit.vm.cmdline: root=/dev/vda ...), the guest agent's virtio-serial port name
-(org.virtkit.vm.agent) and the parameters its network unit reads (org.virtkit.vm.params). Such a VM boots the
+(org.virtkit.vm.agent), the parameters its network unit reads (org.virtkit.vm.params) and whether its
+cloud-init reads a NoCloud seed (org.virtkit.vm.cloudinit=nocloud: vm/qemu/seed.py). Such a VM boots the
 image's init (systemd), not virtkit's busybox initramfs, and runs no command of its own: it is reached by
 `exec` (qemu-guest-agent) and `console`.
 
@@ -35,6 +36,7 @@ class ImageBoot:
     cmdline: tuple[str, ...]
     agent_port: str
     params: frozenset[str]   # the virtkit.* parameters the image's network unit reads
+    cloud_init: bool = False  # it runs cloud-init, which reads a NoCloud seed (org.virtkit.vm.cloudinit=nocloud)
 
 
 def image_boot(config: dict[str, Any] | None) -> ImageBoot | None:
@@ -51,7 +53,8 @@ def image_boot(config: dict[str, Any] | None) -> ImageBoot | None:
             raise InvalidArgument(f"image: its VM boot file {what!r} is not an absolute path inside the image")
     return ImageBoot(kernel, initrd, tuple(labels.get(f"{LABEL}.cmdline", "").split()),
                      labels.get(f"{LABEL}.agent") or "org.qemu.guest_agent.0",
-                     frozenset(labels.get(f"{LABEL}.params", "").split()))
+                     frozenset(labels.get(f"{LABEL}.params", "").split()),
+                     labels.get(f"{LABEL}.cloudinit") == "nocloud")
 
 
 def _find(layers: list[Path], path: str) -> Path:

@@ -8,8 +8,9 @@ stream is compressed with zstd (its frames carry a checksum) and its sha256 reco
 
 A configuration (the template's key) is: the image's manifest digest, memory, vCPUs, accelerator, whether
 the VM has a NIC, the machine's device layout (MACHINE) and the QEMU binary's version. A template is used only
-where all of these match, no --kernel, no volumes and no --disk-size beyond the image's disk are given, and
-the user did not say --no-template; checked again (meta, files, sha256) at each create, and a template that
+where all of these match, no --kernel, no volumes, no guest configuration (--user-data, --ssh-key: a clone
+resumes after cloud-init ran) and no --disk-size beyond the image's disk are given, and the user did not say
+--no-template; checked again (meta, files, sha256) at each create, and a template that
 fails is removed: the VM boots, and is saved as the new template.
 
 A VM made from a template: its own overlay backed by the template's disk (hard-linked into its directory as
@@ -134,6 +135,8 @@ class VmTemplates(_Base):
             why = "--no-template given"
         elif plan.get("kernel"):
             why = "a kernel of the user's (--kernel)"
+        elif spec.get("cloud_init"):
+            why = "guest configuration given (--user-data, --ssh-key): cloud-init applies it at the first boot"
         elif not disk or disk["size"] != disk["base_size"]:
             why = "a root disk bigger than the image's (--disk-size)"
         if why:
