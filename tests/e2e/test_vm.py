@@ -98,3 +98,24 @@ def test_two_vms_and_a_container_on_one_network_reach_each_other(vk_home, client
     finally:
         vk(vk_home, "rm", "-f", *names)
         vk(vk_home, "network", "rm", net)
+
+
+def test_vm_stats_count_disk_and_network_io(vk_home, client, name):
+    """`virtkit stats` of a VM: vCPU time and memory, and its disks' and network's counters as the guest sees them."""
+    script = ("gw=$(ip route | awk '/default/ {print $3}'); ping -c 3 -W 2 $gw >/dev/null; "
+              "cat /bin/busybox > /dev/null; sync; echo io-done; exec sleep 600")
+    client.run("busybox", ["sh", "-c", script], detach=True, name=name, type="vm")
+    try:
+        deadline = time.monotonic() + 120
+        while b"io-done" not in b"".join(client.logs(name)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        st = json.loads(vk(vk_home, "stats", "--json", name).stdout)
+        assert st["cpu_usage_ns"] > 0 and st["memory_rss_bytes"] > 0, st
+        assert st["disks"] and all(d["rd_bytes"] >= 0 for d in st["disks"].values()), st
+        assert sum(d["rd_operations"] for d in st["disks"].values()) > 0, st   # the root disk was read at boot
+        net = st["network"]
+        assert net["tx_packets"] >= 3 and net["rx_packets"] >= 3 and net["tx_bytes"] > 0, net   # the pings
+        table = vk(vk_home, "stats", name).stdout.decode()
+        assert "DISK" in table and "INTERFACE" in table and net["interface"] in table, table
+    finally:
+        vk(vk_home, "rm", "-f", name)

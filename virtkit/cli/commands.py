@@ -199,9 +199,26 @@ def cmd_stats(c: Client, a: argparse.Namespace) -> int:
         size_str(memory), size_str(limit) if limit else "-",
         "-" if vm else f"{second.get('pids_current', 0)}/{second.get('pids_limit') or '-'}",
     ]])
+    if second.get("disks") or second.get("network"):
+        _print_vm_io(second)
     if second.get("exits") is not None:
         _print_vm_exits(second)
     return 0
+
+
+def _print_vm_io(stats: dict[str, Any]) -> None:
+    """A QEMU VM's disk and network counters (as the guest sees them: rx is what it received)."""
+    rows = [[name, size_str(d["rd_bytes"]), size_str(d["wr_bytes"]), str(d["rd_operations"]),
+             str(d["wr_operations"])] for name, d in (stats.get("disks") or {}).items()]
+    if rows:
+        print()
+        table(["DISK", "READ", "WRITTEN", "READS", "WRITES"], rows)
+    net = stats.get("network")
+    if net:
+        print()
+        table(["INTERFACE", "RX", "TX", "RX PACKETS", "TX PACKETS"], [[
+            net["interface"], size_str(net["rx_bytes"]), size_str(net["tx_bytes"]), str(net["rx_packets"]),
+            str(net["tx_packets"])]])
 
 
 def _print_vm_exits(stats: dict[str, Any]) -> None:
