@@ -141,21 +141,31 @@ def test_names_update_on_create_and_rm(vk_home, client, name, cleanup):
     assert f"{name}-b" not in vk(vk_home, "exec", name, "--", "cat", "/etc/hosts").stdout.decode()
 
 
-def test_cross_network_blocked_and_isolated_no_route_out(vk_home, client, name, cleanup):
-    a, b, iso = _net(vk_home), _net(vk_home), _net(vk_home, "--isolated")
+def check_isolation(vk_home: str, name: str, cleanup: dict, *, v6: bool = False) -> None:
+    """Same network reaches the server; another network does not; an isolated one has no route out (IPv4, or
+    with `v6` IPv6 on networks made with --ipv6)."""
+    opts = ("--ipv6",) if v6 else ()
+    ping, route, key = ("ping6", "ip -6 route", "6") if v6 else ("ping", "ip route", "")
+    a, b, iso = _net(vk_home, *opts), _net(vk_home, *opts), _net(vk_home, *opts, "--isolated")
     cleanup["networks"] += [a["name"], b["name"], iso["name"]]
     cleanup["instances"].append(_run(vk_home, "--name", name, "--network", a["name"], "busybox", "--",
                                      "sh", "-c", HTTPD))
-    target = _addr(vk_home, a["name"], name)
-    ok = _sh(vk_home, a["name"], f"ping -c1 -W2 {target} >/dev/null && echo reached")
+    members = json.loads(vk(vk_home, "network", "show", a["name"]).stdout)["instances"]
+    target = next(m["address" + key] for m in members if m["name"] == name)
+    url = f"http://[{target}]/" if v6 else f"http://{target}/"
+    ok = _sh(vk_home, a["name"], f"{ping} -c1 -W2 {target} >/dev/null && echo reached")
     assert ok.stdout.decode().strip() == "reached", ok.stderr
-    r = _sh(vk_home, b["name"], f"ping -c1 -W2 {target} >/dev/null && echo reached; "
-                                f"timeout 3 wget -qO- http://{target}/ || echo blocked")
+    r = _sh(vk_home, b["name"], f"{ping} -c1 -W2 {target} >/dev/null && echo reached; "
+                                f"timeout 3 wget -qO- {url} || echo blocked")
     assert "reached" not in r.stdout.decode() and "blocked" in r.stdout.decode(), r.stdout
-    r = _sh(vk_home, iso["name"], f"ip route; ping -c1 -W2 {a['gateway']} >/dev/null && echo reached; "
-                                  f"ping -c1 -W2 {target} >/dev/null && echo reached; echo done")
+    r = _sh(vk_home, iso["name"], f"{route}; {ping} -c1 -W2 {a['gateway' + key]} >/dev/null && echo reached; "
+                                  f"{ping} -c1 -W2 {target} >/dev/null && echo reached; echo done")
     out = r.stdout.decode()
     assert "default" not in out and "reached" not in out and "done" in out, out
+
+
+def test_cross_network_blocked_and_isolated_no_route_out(vk_home, client, name, cleanup):
+    check_isolation(vk_home, name, cleanup)
 
 
 def test_port_forward_from_host_and_hairpin(vk_home, client, name, cleanup):

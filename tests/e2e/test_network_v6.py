@@ -75,20 +75,7 @@ def _global_host_addresses() -> list[str]:
 
 def test_ipv6_isolation_between_networks(vk_home, client, name, cleanup):
     _v6_ok()
-    a, b, iso = _net(vk_home, "--ipv6"), _net(vk_home, "--ipv6"), _net(vk_home, "--ipv6", "--isolated")
-    cleanup["networks"] += [a["name"], b["name"], iso["name"]]
-    cleanup["instances"].append(_run(vk_home, "--name", name, "--network", a["name"], "busybox", "--",
-                                     "sh", "-c", HTTPD))
-    target = _member(vk_home, a["name"], name)["address6"]
-    ok = _sh(vk_home, a["name"], f"ping6 -c1 -W2 {target} >/dev/null && echo reached")
-    assert ok.stdout.decode().strip() == "reached", ok.stderr
-    r = _sh(vk_home, b["name"], f"ping6 -c1 -W2 {target} >/dev/null && echo reached; "
-                                f"timeout 3 wget -qO- http://[{target}]/ || echo blocked")
-    assert "reached" not in r.stdout.decode() and "blocked" in r.stdout.decode(), r.stdout
-    r = _sh(vk_home, iso["name"], f"ip -6 route; ping6 -c1 -W2 {a['gateway6']} >/dev/null && echo reached; "
-                                  f"ping6 -c1 -W2 {target} >/dev/null && echo reached; echo done")
-    out = r.stdout.decode()
-    assert "default" not in out and "reached" not in out and "done" in out, out
+    test_network.check_isolation(vk_home, name, cleanup, v6=True)
 
 
 def _claim(netns_path: str, address6: str) -> None:

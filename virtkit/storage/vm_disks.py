@@ -302,11 +302,8 @@ def allocated(path: str) -> int:
     """Bytes a file or tree takes on disk."""
     if os.path.isfile(path):
         return os.stat(path).st_blocks * 512
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+    from pathlib import Path
+
+    from virtkit.images._fsutil import tree_size
+
+    return tree_size(Path(path))
