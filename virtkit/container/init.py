@@ -73,7 +73,8 @@ def preload(spec: dict) -> None:
         from virtkit.container import seccomp
 
         # compiled now (or taken from the parent's cache), loaded after pivot_root without libseccomp
-        seccomp.compile_bpf(spec["linux"]["seccomp"])
+        prog, _flags = seccomp.compile_bpf(spec["linux"]["seccomp"])
+        seccomp.prepare_bpf(prog)
     if (spec.get("hooks") or {}).get("startContainer"):
         import subprocess  # noqa: F401
 
