@@ -127,18 +127,91 @@ def _loopback_up() -> None:
         s.close()
 
 
-def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
-    """PID 1 of the container: build its world, say ready, wait for start, then exec the process."""
+# -- spares: a container's PID 1 made ahead of time (container/spares.py keeps them) ---------------------------
+# What a spare makes before it is taken: nothing in these namespaces depends on the container or goes stale.
+SPARE_FLAGS = sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+# What it makes once taken: a mount namespace copied earlier would miss host mounts made since (a volume's
+# source), and a cgroup namespace is rooted where its maker stands (the container's cgroup, joined at take).
+LATE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
+_MAX_GO = 1 << 22
+
+
+def spare_stage1(ch: _socket.socket, flags: int) -> NoReturn:
+    """Forked by the supervisor: make the spare's namespaces, fork its PID 1, report that pid, exit."""
+    try:
+        keep = ch.fileno()
+        # the supervisor's fds (other containers' pipes and logs, its listener) must not live on in a spare
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        sc.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            spare_stage2(ch, flags)
+        send(ch, {"type": "pid", "pid": pid})
+    except BaseException as exc:  # noqa: BLE001
+        _fail(ch, exc)
+    os._exit(0)
+
+
+def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
+    """A spare's PID 1: ready its namespaces, wait to be taken ("go": the container's spec, options and fds),
+    then go on as stage2. It exits when its supervisor goes away (EOF)."""
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.setsid()
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        os.umask(0)
+        if flags & sc.CLONE_NEWNET:
+            _loopback_up()
+        data, anc, _flags, _addr = ch.recvmsg(_MAX_GO, _socket.CMSG_SPACE(5 * 4))
+    except BaseException as exc:  # noqa: BLE001
+        _fail(ch, exc)
+    if not data:
+        os._exit(0)
+    try:
+        fds: list[int] = []
+        for level, kind, cdata in anc:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds += struct.unpack(f"{len(cdata) // 4}i", cdata[:len(cdata) - len(cdata) % 4])
+        msg = fastjson.loads(data)
+        spec = msg["spec"]
+        for i in range(3):
+            os.dup2(fds[i], i)
+            os.close(fds[i])
+        set_oom_score_adj(spec["process"])
+        if msg["join_net"]:
+            sc.setns(fds[4], sc.CLONE_NEWNET, label="network namespace")
+            os.close(fds[4])
+        if msg["flags"] & LATE_FLAGS:
+            sc.unshare(msg["flags"] & LATE_FLAGS)
+        if msg.get("seccomp") is not None:
+            from virtkit.container import seccomp
+
+            seccomp.remember(spec["linux"]["seccomp"], bytes.fromhex(msg["seccomp"]), msg["seccomp_flags"])
+        opts = {"ns_flags": msg["flags"], "ns_join": [("network", -1)] if msg["join_net"] else [],
+                "bundle": msg["bundle"], "console_socket": msg["console_socket"], "no_pivot": msg["no_pivot"],
+                "preserve_fds": 0, "fifo_fd": fds[3], "hook_state": msg["hook_state"]}
+    except BaseException as exc:  # noqa: BLE001
+        _fail(ch, exc)
+    stage2(ch, spec, opts, made=True)
+
+
+def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any], made: bool = False) -> NoReturn:
+    """PID 1 of the container: build its world, say ready, wait for start, then exec the process.
+    `made`: a spare's, whose session, dumpable flag, umask and loopback are set already."""
     proc = spec["process"]
     linux = spec.get("linux", {})
     flags = opts["ns_flags"]
     joined = {t for t, _ in opts["ns_join"]}
     try:
-        os.setsid()
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        os.umask(0)
+        if not made:
+            os.setsid()
+            sc.prctl(sc.PR_SET_DUMPABLE, 0)
+            os.umask(0)
         preload(spec)
-        if flags & sc.CLONE_NEWNET:
+        if flags & sc.CLONE_NEWNET and not made:
             _loopback_up()
         ctx = {"userns": bool(flags & sc.CLONE_NEWUSER) or "user" in joined,
                "netns": bool(flags & sc.CLONE_NEWNET) or "network" in joined,

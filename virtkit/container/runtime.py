@@ -71,8 +71,9 @@ class _Closing:
         self.sock.close()
 
 class Runtime:
-    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, spares: Any = None) -> None:
         self.root = root
+        self.spares = spares    # a container.spares.Spares (the supervisor's), or None: every create forks
 
     # -- records --
     def _dir(self, container_id: str) -> st.StateDir:
@@ -161,22 +162,31 @@ class Runtime:
         # imports and the seccomp program, made here as the host's root: after unshare(CLONE_NEWUSER) the
         # children may no longer read the Python library (e.g. under a 0700 /root)
         initmod.preload(spec)
-        parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        opts = {"stdio": stdio, "cgroup": cg, "ns_flags": flags, "ns_join": joins, "bundle": bundle,
-                "console_socket": console_socket, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
-                "fifo_fd": fifo_fd, "hook_state": hook_state}
+        s1 = s2 = 0
         try:
-            s1 = os.fork()
-            if s1 == 0:
-                parent.close()
-                initmod.stage1(child, spec, opts)
+            parent = None
+            if self.spares is not None and stdio is not None and not preserve_fds:
+                handed = self._hand_to_spare(spec, cg, flags, joins, stdio, fifo_fd, bundle, console_socket,
+                                             no_pivot, hook_state)
+                if handed is not None:
+                    s2, parent = handed
+            if parent is None:
+                parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+                opts = {"stdio": stdio, "cgroup": cg, "ns_flags": flags, "ns_join": joins, "bundle": bundle,
+                        "console_socket": console_socket, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
+                        "fifo_fd": fifo_fd, "hook_state": hook_state}
+                try:
+                    s1 = os.fork()
+                    if s1 == 0:
+                        parent.close()
+                        initmod.stage1(child, spec, opts)
+                finally:
+                    child.close()
         finally:
-            child.close()
             os.close(fifo_fd)
             for _, fd in joins:
                 os.close(fd)
-        s1_reaped = False
-        s2 = 0
+        s1_reaped = not s1
 
         def reap_s1() -> None:
             nonlocal s1_reaped
@@ -226,6 +236,40 @@ class Runtime:
         if pid_file:
             _write_pid_file(pid_file, s2)
         return st.oci_state(rec, "created")
+
+    def _hand_to_spare(self, spec: dict, cg: Any, flags: int, joins: builtins.list[tuple[str, int]],
+                       stdio: tuple[int, int, int], fifo_fd: int, bundle: str, console_socket: str | None,
+                       no_pivot: bool, hook_state: dict) -> tuple[int, _socket.socket] | None:
+        """A spare's PID 1 made this container's (in its cgroup, told the rest: container/spares.py), or None
+        when there is no spare of its kind (the caller forks as usual)."""
+        from virtkit.container import spares
+
+        kind = spares.kind_of(flags, joins)
+        taken = self.spares.take(kind) if kind is not None else None
+        if taken is None:
+            return None
+        pid, ch = taken
+        seccomp = (spec.get("linux") or {}).get("seccomp")
+        prog, prog_flags = (None, 0)
+        if seccomp:
+            from virtkit.container import seccomp as seccomp_mod
+
+            prog, prog_flags = seccomp_mod.compile_bpf(seccomp)
+        message = {"spec": spec, "flags": flags, "join_net": bool(joins), "bundle": bundle,
+                   "console_socket": console_socket, "no_pivot": no_pivot, "hook_state": hook_state,
+                   "seccomp": prog.hex() if prog is not None else None, "seccomp_flags": prog_flags}
+        try:
+            cg.add_pid(pid)
+            spares.go(ch, message, [*stdio, fifo_fd, *(fd for _typ, fd in joins)])
+        except (OSError, E.VirtkitError):
+            # gone since it was made, or it cannot join: no harm done to the container, which forks instead
+            ch.close()
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return None
+        return pid, ch
 
     # -- start / kill / delete --
     def start(self, container_id: str) -> None:

@@ -93,13 +93,16 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         self.stdio: dict[str, Any] = {}     # container id -> its ContainerIO, while it runs
         self.identity = identity(os.getpid())
+        from virtkit.container.spares import Spares
+
+        self.spares = Spares()
 
     @property
     def runtime(self) -> Any:
         if self._runtime is None:
             from virtkit.container.runtime import Runtime
 
-            self._runtime = Runtime(self.runtime_root)
+            self._runtime = Runtime(self.runtime_root, spares=self.spares)
         return self._runtime
 
     # -- requests -------------------------------------------------------------------------------------
@@ -193,6 +196,7 @@ class Supervisor:
                 return
             info = self.watched.pop(pid, None)
             if info is None:
+                self.spares.forget(pid)
                 continue
             # before the exit is recorded: whoever reads the log after seeing the exit reads all of it
             self._finish_io(info["id"], info["io"])
@@ -209,6 +213,8 @@ class Supervisor:
                 write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()})
             except OSError as exc:
                 print(f"supervisor: cannot record exit of {info['id']}: {exc}", file=sys.stderr, flush=True)
+            if self.spares.short():
+                self.spares.fill()
 
     # -- main loop ------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -249,7 +255,12 @@ class Supervisor:
             f.write(str(os.getpid()))
         self.reap()
         while not stop and not self.stopping:
-            for key, _ in sel.select(timeout=1.0):
+            # spares are made right after an exit is recorded (what follows is virtkitd's work), or once nothing
+            # has happened for 20 ms: not while a container starts
+            events = sel.select(timeout=0.02 if self.spares.short() else 1.0)
+            if not events and self.spares.short():
+                self.spares.fill()
+            for key, _ in events:
                 if isinstance(key.data, ContainerIO):
                     if key.fd in key.data.pipes:    # not closed earlier in this round (by a reap)
                         self._pump(key.data, key.fd)
@@ -263,6 +274,7 @@ class Supervisor:
                 else:
                     self._serve_one(listener)
             self.reap()
+        self.spares.close()
         listener.close()
         try:
             os.unlink(self.socket_path)

@@ -1,0 +1,134 @@
+"""Spares (container/spares.py): a container's PID 1 made ahead of time gives the same world as a forked one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.container.test_runtime import _run
+from virtkit.container import syscalls as sc
+
+pytestmark = pytest.mark.root
+
+WORLD = ("echo pid=$$; hostname; ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; cat /proc/self/cgroup;"
+         "echo mounts; cut -d' ' -f2 /proc/mounts; echo ifaces; ip -o link; echo end")
+
+KIND = sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+
+
+@pytest.fixture
+def spares(runtime):
+    from virtkit.container.spares import Spares
+
+    pool = Spares()
+    runtime.spares = pool
+    yield pool
+    pool.close()
+
+
+def _ready(pool, kind=KIND) -> int:
+    """Make a spare of this kind now; its pid."""
+    pool.wanted.add(kind)
+    pool.fill()
+    held = pool.ready[kind][-1]
+    from virtkit.container.spares import _reported
+
+    assert _reported(held, kind, pool.wanted)
+    return held[0]
+
+
+def _world(out: str) -> dict:
+    head, rest = out.split("mounts\n")
+    mounts, rest = rest.split("ifaces\n")
+    lines = head.splitlines()
+    return {"pid": lines[0], "hostname": lines[1], "procs": lines[2].split(),
+            "cgroups": sorted({ln.split(":", 2)[2] for ln in lines[3:]}),
+            "mounts": mounts.split(), "links": [ln.split(":")[1].strip() for ln in rest.split("end")[0].splitlines()],
+            "lo_up": ",UP" in rest}
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_spare_gives_the_world_a_fork_gives(runtime, spares, cid, bundle):
+    bundle.spec["hostname"] = "vk-spare"
+    runtime.spares = None
+    code, forked = _run(runtime, cid, bundle, "sh", "-c", WORLD)
+    assert code == 0, forked
+    runtime.spares = spares
+    spare = _ready(spares)
+    bundle.args("sh", "-c", WORLD + "; sleep 0.2").save()
+    with open(os.path.join(bundle.path, "out"), "w+") as f, open(os.devnull) as null:
+        state = runtime.create(cid, bundle.path, stdio=(null.fileno(), f.fileno(), f.fileno()))
+        assert state["pid"] == spare                    # the spare became the container's PID 1
+        assert not spares.ready[KIND]                   # and left the pool
+        runtime.start(cid)
+        while runtime.state(cid)["status"] != "stopped":
+            time.sleep(0.01)
+        runtime.delete(cid)
+        f.seek(0)
+        taken = f.read()
+    a, b = _world(forked), _world(taken)
+    assert b == a, (forked, taken)
+    assert b["pid"] == "pid=1" and b["hostname"] == "vk-spare" and b["links"] == ["lo"] and b["lo_up"]
+    assert b["cgroups"] == ["/"]                         # its cgroup namespace is rooted at its own cgroup
+
+
+def test_a_host_mount_made_after_the_spare_is_seen(runtime, spares, cid, bundle, tmp_path):
+    _ready(spares)
+    src = tmp_path / "later"
+    src.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(src)], check=True)
+    try:
+        (src / "made-after").write_text("here\n")
+        bundle.spec["mounts"].append({"destination": "/mnt", "type": "bind", "source": str(src),
+                                      "options": ["rbind", "ro"]})
+        code, out = _run(runtime, cid, bundle, "cat", "/mnt/made-after")
+        assert (code, out) == (0, "here\n")
+        assert not spares.ready[KIND]                   # it was the spare that ran it
+    finally:
+        subprocess.run(["umount", str(src)], check=True)
+
+
+def test_a_spare_holds_none_of_its_makers_fds(spares):
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        pid = _ready(spares)
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds   # stdio and its channel
+        assert os.readlink(f"/proc/{pid}/fd/{fds[3]}").startswith("socket:")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_spares_go_with_their_keeper(spares):
+    pid = _ready(spares)
+    spares.close()
+    assert _gone(pid)
+    pid = _ready(spares)
+    spares.ready[KIND][-1][1].close()                   # the keeper died: its end of the channel closes
+    assert _gone(pid)
+
+
+def test_containers_spares_cannot_serve_fork_as_before(runtime, spares, cid, bundle):
+    spare = _ready(spares)
+    # no pid namespace of its own (a spare is always PID 1 of a new one)
+    bundle.spec["linux"]["namespaces"] = [ns for ns in bundle.spec["linux"]["namespaces"] if ns["type"] != "pid"]
+    code, out = _run(runtime, cid, bundle, "sh", "-c", "echo $$")
+    assert code == 0 and out != "1\n", out
+    assert spares.ready[KIND][-1][0] == spare           # the spare was not used
