@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -151,6 +152,10 @@ class ContainerDriver:
         if data is None:
             return None
         return ExitStatus(code=int(data["code"]), reason=str(data["reason"]), finished_at=float(data["finished_at"]))
+
+    def exit_probe(self, instance: Instance) -> Callable[[], bool]:
+        """Whether an exit record exists now (the supervisor writes it by rename): one stat."""
+        return functools.partial(os.path.exists, self._exit_file(instance))
 
     def _exit_record(self, instance: Instance) -> dict[str, Any] | None:
         try:

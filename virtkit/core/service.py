@@ -338,6 +338,13 @@ class InstanceService:
         inst = self.store.get_instance(instance_id)
         return self.driver(inst).watch(inst)
 
+    def exit_probe(self, instance_id: str) -> Any:
+        """A cheap check (a callable, no store) that says whether the instance's exit may have been recorded
+        since; None when its driver has none (then only a full look tells)."""
+        inst = self.store.get_instance(instance_id)
+        probe = getattr(self.driver(inst), "exit_probe", None)
+        return probe(inst) if probe else None
+
     def log_decoder(self, instance_id: str) -> Any:
         """What turns the instance's log file into (stream, bytes) records (see core/logs.py)."""
         from virtkit.core.logs import SingleStreamDecoder
