@@ -299,6 +299,21 @@ def test_v1_destroy_refuses_while_busy(v1_cgroup):
 
 @pytest.mark.root
 @needs_root
+@pytest.mark.parametrize("which", ["v1", "v2"])
+def test_remove_if_empty_leaves_a_busy_cgroup_whole(which, request):
+    mgr = request.getfixturevalue(f"{which}_cgroup")
+    pid = _spawn(mgr, "import time; time.sleep(30)")
+    assert mgr.remove_if_empty() is False
+    assert all(os.path.isdir(d) for d in mgr.v1_paths().values())     # nothing removed from any hierarchy
+    assert pid in mgr.pids()
+    mgr.kill_all(signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert mgr.remove_if_empty() is True
+    assert not mgr.exists()
+
+
+@pytest.mark.root
+@needs_root
 @pytest.mark.slow
 def test_v1_cpu_quota_limits_usage(v1_cgroup):
     import time

@@ -495,6 +495,6 @@ def _wait_gone(pid: int, start_time: int | None, timeout: float = 10.0, reap: tu
 
 
 def _kill_and_destroy(cg: Any) -> None:
-    if cg.exists():
+    if cg.exists() and not cg.remove_if_empty():
         cg.kill_all(signal.SIGKILL)
         cg.destroy()

@@ -236,6 +236,17 @@ class CgroupManager:
                 return False
             time.sleep(POLL_INTERVAL)
 
+    def remove_if_empty(self) -> bool:
+        """Remove the cgroup if no process is left in it: the usual case once its container exited, done without
+        reading a cgroup.procs (a walk of every hierarchy). False when a process is still in it (EBUSY)."""
+        try:
+            self._rmdir_all()
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                return False
+            raise
+        return True
+
     def destroy(self, timeout: float = 5.0) -> None:
         """Wait for the cgroup to empty (this kills nothing), then remove it everywhere."""
         if not self.exists():
