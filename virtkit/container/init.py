@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py builds enums at import (~3 ms a start)
 import _socket  # the C module: socket.py builds enums at import, ~4 ms of every container start
+import gc
 import os
 import resource
 import struct
@@ -81,6 +82,7 @@ def preload(spec: dict) -> None:
 
 def stage1(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
     """In the runtime's namespaces: join the cgroup, make/join namespaces, fork PID 1, report it."""
+    gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
         if opts.get("stdio"):
             for i, fd in enumerate(opts["stdio"]):
@@ -138,6 +140,7 @@ _MAX_GO = 1 << 22
 
 def spare_stage1(ch: _socket.socket, flags: int) -> NoReturn:
     """Forked by the supervisor: make the spare's namespaces, fork its PID 1, report that pid, exit."""
+    gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
         keep = ch.fileno()
         # the supervisor's fds (other containers' pipes and logs, its listener) must not live on in a spare
@@ -398,6 +401,7 @@ def _close_fds(preserve_fds: int) -> None:
 
 def exec_child(ch: _socket.socket, pid: int, proc: dict, linux: dict, opts: dict[str, Any]) -> NoReturn:
     """Join the container (cgroup, namespaces), fork into its pid namespace, run `proc` there."""
+    gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
         if opts.get("stdio"):
             for i, fd in enumerate(opts["stdio"]):

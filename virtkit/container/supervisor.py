@@ -22,6 +22,7 @@ The reply names the supervisor (pid and start time): virtkitd finds a container 
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import selectors
@@ -225,6 +226,12 @@ class Supervisor:
         from virtkit.container import seccomp
 
         seccomp.compile_bpf(seccomp.default_profile())
+        # Everything imported so far is kept out of the collector's reach: a collection walks every tracked object
+        # (writing its header), and after a fork each page so written is copied. Children disable it (init.py).
+        self.runtime  # noqa: B018 - imported now, before the freeze
+        from virtkit.container import init, spares, stdio  # noqa: F401
+
+        gc.freeze()
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         try:
             os.unlink(self.socket_path)
