@@ -109,6 +109,24 @@ def stage1(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
     os._exit(0)
 
 
+def stage2_direct(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
+    """PID 1 forked straight from the runtime, which unshared only the pid namespace (it applies to children):
+    here it joins the cgroup and makes or joins the other namespaces, then goes on as stage2 — stage 1's work
+    without a process of its own. Only for containers without a user namespace and not joining a pid one."""
+    gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
+    try:
+        if opts.get("stdio"):
+            for i, fd in enumerate(opts["stdio"]):
+                os.dup2(fd, i)
+        opts["cgroup"].add_pid(os.getpid())     # itself, before its cgroup namespace is made
+        set_oom_score_adj(spec["process"])
+        ns.join(opts["ns_join"])
+        sc.unshare(opts["ns_flags"] & ~sc.CLONE_NEWPID)
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the runtime
+        _fail(ch, exc)
+    stage2(ch, spec, opts)
+
+
 def _become_ns_root() -> None:
     try:
         os.setresgid(0, 0, 0)
@@ -118,13 +136,11 @@ def _become_ns_root() -> None:
 
 
 def _loopback_up() -> None:
-    import fcntl
-
     s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        flags = struct.unpack("16sH14x", sc.ioctl(s.fileno(), SIOCGIFFLAGS, req, label="SIOCGIFFLAGS lo"))[1]
+        sc.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP), label="SIOCSIFFLAGS lo")
     finally:
         s.close()
 
@@ -183,6 +199,10 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
         for i in range(3):
             os.dup2(fds[i], i)
             os.close(fds[i])
+        from virtkit.container.cgroups import manager_for
+
+        # itself (v1: its one thread, without the threadgroup lock a move by pid takes), before its cgroup namespace
+        manager_for(msg["cgroup"]).add_pid(os.getpid())
         set_oom_score_adj(spec["process"])
         if msg["join_net"]:
             sc.setns(fds[4], sc.CLONE_NEWNET, label="network namespace")

@@ -176,10 +176,13 @@ class Runtime:
                         "console_socket": console_socket, "no_pivot": no_pivot, "preserve_fds": preserve_fds,
                         "fifo_fd": fifo_fd, "hook_state": hook_state}
                 try:
-                    s1 = os.fork()
-                    if s1 == 0:
-                        parent.close()
-                        initmod.stage1(child, spec, opts)
+                    if _direct(flags, joins):
+                        s2 = _fork_in_new_pid_namespace(parent, child, spec, opts)
+                    else:
+                        s1 = os.fork()
+                        if s1 == 0:
+                            parent.close()
+                            initmod.stage1(child, spec, opts)
                 finally:
                     child.close()
         finally:
@@ -255,13 +258,12 @@ class Runtime:
             from virtkit.container import seccomp as seccomp_mod
 
             prog, prog_flags = seccomp_mod.compile_bpf(seccomp)
-        message = {"spec": spec, "flags": flags, "join_net": bool(joins), "bundle": bundle,
+        message = {"spec": spec, "flags": flags, "join_net": bool(joins), "bundle": bundle, "cgroup": cg.path,
                    "console_socket": console_socket, "no_pivot": no_pivot, "hook_state": hook_state,
                    "seccomp": prog.hex() if prog is not None else None, "seccomp_flags": prog_flags}
         try:
-            cg.add_pid(pid)
             spares.go(ch, message, [*stdio, fifo_fd, *(fd for _typ, fd in joins)])
-        except (OSError, E.VirtkitError):
+        except OSError:
             # gone since it was made, or it cannot join: no harm done to the container, which forks instead
             ch.close()
             try:
@@ -464,6 +466,36 @@ def _resources(res: dict | None, devices: list | None = None) -> dict | None:
             and rules[0].get("minor") is None and rules[0].get("access", "rwm") == "rwm":
         rules.pop(0)
     return {**res, "devices": node_rules + rules}
+
+
+def _direct(flags: int, joins: list[tuple[str, int]]) -> bool:
+    """Whether PID 1 can be forked straight from here (init.stage2_direct): a new pid namespace, no user
+    namespace (made first, it must own the others: stage 1 does that) and no namespace of those joined."""
+    from virtkit.container import syscalls as sc
+
+    return bool(flags & sc.CLONE_NEWPID) and not flags & sc.CLONE_NEWUSER \
+        and all(typ not in ("user", "pid") for typ, _fd in joins)
+
+
+def _fork_in_new_pid_namespace(parent: _socket.socket, child: _socket.socket, spec: dict, opts: dict) -> int:
+    """Fork PID 1 of a new pid namespace without a stage 1: unshare(CLONE_NEWPID) changes only where this
+    process's next child goes, and the runtime's own namespace is set back for later children (hooks)."""
+    from virtkit.container import init as initmod
+    from virtkit.container import syscalls as sc
+
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.unshare(sc.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                parent.close()
+                initmod.stage2_direct(child, spec, opts)
+        finally:
+            sc.setns(own, sc.CLONE_NEWPID, label="the runtime's own pid namespace")
+    finally:
+        os.close(own)
+    return pid
 
 
 def _write_pid_file(path: str, pid: int) -> None:
