@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import os
-
-from virtkit.container.syscalls import _libc
+from virtkit.container import syscalls as sc
 from virtkit.core.capabilities import CAP_NAMES as _NAMES
 from virtkit.core.errors import InvalidArgument, SystemFailure
 
@@ -27,24 +24,13 @@ PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
-    res = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0))
-    if res != 0:
-        err = ctypes.get_errno()
-        raise SystemFailure(f"capabilities: prctl({option}, {arg2}) failed: {os.strerror(err)}")
+    try:
+        sc.prctl(option, arg2, arg3)
+    except SystemFailure as exc:
+        raise SystemFailure(f"capabilities: prctl({option}, {arg2}) failed: {exc.message.split(': ', 1)[-1]}") from None
 
 
 def last_cap() -> int:
@@ -111,15 +97,7 @@ def apply(capabilities: dict | None) -> None:
         if CAPS[name] <= top and not (masks["permitted"] & masks["inheritable"]) >> CAPS[name] & 1:
             raise InvalidArgument(
                 f"process.capabilities.ambient: {name} must also be in permitted and inheritable")
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for i in range(2):
-        data[i].effective = (masks["effective"] >> (32 * i)) & 0xFFFFFFFF
-        data[i].permitted = (masks["permitted"] >> (32 * i)) & 0xFFFFFFFF
-        data[i].inheritable = (masks["inheritable"] >> (32 * i)) & 0xFFFFFFFF
-    if _libc.capset(ctypes.byref(header), data) != 0:
-        err = ctypes.get_errno()
-        raise SystemFailure(f"capabilities: capset failed: {os.strerror(err)}")
+    sc.capset(masks["effective"], masks["permitted"], masks["inheritable"])
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     for name in capabilities.get("ambient") or []:
         number = CAPS[name]

@@ -12,10 +12,6 @@ import types
 
 from virtkit.core.errors import InvalidArgument, SystemFailure, Unsupported
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms of a start that loads a filter
-    from typing import Any
-
 _F = "linux.seccomp"
 
 ACTIONS = ("SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
@@ -268,45 +264,17 @@ def compile_bpf(profile: dict, cache_dir: str | None = None) -> tuple[bytes, int
     return prog, flags
 
 
-_fprog_type: Any = None
-# the ctypes argument of the last program loaded or prepared: made in the parent before forking (prepare), so the
-# container's side makes only the system call (building a ctypes Structure class costs ~0.5 ms in a fresh fork)
-_prepared: tuple[bytes, Any, Any] | None = None
-
-
-def prepare_bpf(prog: bytes) -> Any:
-    """The sock_fprog for `prog` (kept with its buffer for the next load of the same program)."""
-    global _fprog_type, _prepared
-    if _prepared is not None and _prepared[0] is prog:
-        return _prepared[2]
-    import ctypes
-
-    if _fprog_type is None:
-        class SockFprog(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-        _fprog_type = SockFprog
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    fprog = _fprog_type(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    _prepared = (prog, buf, fprog)
-    return fprog
-
-
 def load_bpf(prog: bytes, flags: int = 0) -> None:
     """Install a compiled program with seccomp(2) (SECCOMP_SET_MODE_FILTER)."""
-    import ctypes
+    from virtkit.container import syscalls as sc
 
-    from virtkit.container.syscalls import _libc
-
-    fprog = prepare_bpf(prog)
-    res = _libc.syscall(ctypes.c_long(SYS_seccomp), ctypes.c_long(SECCOMP_SET_MODE_FILTER), ctypes.c_long(flags),
-                        ctypes.byref(fprog))
-    if res != 0:
-        err = ctypes.get_errno()
+    try:
+        sc.seccomp_filter(prog, flags)
+    except OSError as exc:
         hint = ""
-        if err == errno.EACCES:
+        if exc.errno == errno.EACCES:
             hint = " (set no_new_privs first, or load while CAP_SYS_ADMIN is still held)"
-        raise SystemFailure(f"seccomp: loading the filter failed: {os.strerror(err)}{hint}")
+        raise SystemFailure(f"seccomp: loading the filter failed: {exc.strerror}{hint}") from None
 
 
 def load(profile: dict | None, cache_dir: str | None = None) -> None:

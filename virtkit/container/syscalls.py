@@ -1,4 +1,5 @@
-"""The one seam for the runtime's privileged syscalls (ctypes on libc), with the kernel's constant names.
+"""The one seam for the runtime's privileged syscalls (the `_linux` extension, _linux.c), with the kernel's constant
+names.
 
 Every wrapper raises SystemFailure naming the call, its arguments and the errno text, so an error that
 happens inside a container's setup reads like "mount proc on /proc: Permission denied".
@@ -6,10 +7,9 @@ happens inside a container's setup reads like "mount proc on /proc: Permission d
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
 
+from virtkit.container import _linux
 from virtkit.core.errors import SystemFailure
 
 # clone/unshare flags (linux/sched.h)
@@ -68,20 +68,8 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.syscall.restype = ctypes.c_long
-
-
-def _fail(what: str) -> SystemFailure:
-    err = ctypes.get_errno()
-    return SystemFailure(f"{what}: {os.strerror(err)}")
+def _fail(what: str, exc: OSError) -> SystemFailure:
+    return SystemFailure(f"{what}: {exc.strerror}")
 
 
 def _b(s: str | None) -> bytes | None:
@@ -91,48 +79,60 @@ def _b(s: str | None) -> bytes | None:
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None,
           *, label: str | None = None) -> None:
     """mount(2); `label` is the destination as the user wrote it, for the error message."""
-    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+    try:
+        _linux.mount(_b(source), os.fsencode(target), _b(fstype), flags, _b(data))
+    except OSError as exc:
         what = fstype or ("bind" if flags & MS_BIND else "mount")
-        raise _fail(f"mount {source or what} on {label or target}")
+        raise _fail(f"mount {source or what} on {label or target}", exc) from None
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    if _libc.umount2(_b(target), flags) != 0:
-        raise _fail(f"umount {target}")
+    try:
+        _linux.umount2(os.fsencode(target), flags)
+    except OSError as exc:
+        raise _fail(f"umount {target}", exc) from None
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    if _libc.syscall(SYS_pivot_root, _b(new_root), _b(put_old)) != 0:
-        raise _fail(f"pivot_root {new_root}")
+    try:
+        _linux.pivot_root(os.fsencode(new_root), os.fsencode(put_old))
+    except OSError as exc:
+        raise _fail(f"pivot_root {new_root}", exc) from None
 
 
 def unshare(flags: int) -> None:
-    if _libc.unshare(flags) != 0:
-        raise _fail(f"unshare({flags:#x})")
+    try:
+        _linux.unshare(flags)
+    except OSError as exc:
+        raise _fail(f"unshare({flags:#x})", exc) from None
 
 
 def setns(fd: int, nstype: int, *, label: str = "") -> None:
-    if _libc.setns(fd, nstype) != 0:
-        raise _fail(f"setns {label or fd}")
+    try:
+        _linux.setns(fd, nstype)
+    except OSError as exc:
+        raise _fail(f"setns {label or fd}", exc) from None
 
 
 def sethostname(name: str) -> None:
-    b = name.encode()
-    if _libc.sethostname(b, len(b)) != 0:
-        raise _fail(f"sethostname {name!r}")
+    try:
+        _linux.sethostname(name.encode())
+    except OSError as exc:
+        raise _fail(f"sethostname {name!r}", exc) from None
 
 
 def setdomainname(name: str) -> None:
-    b = name.encode()
-    if _libc.setdomainname(b, len(b)) != 0:
-        raise _fail(f"setdomainname {name!r}")
+    try:
+        _linux.setdomainname(name.encode())
+    except OSError as exc:
+        raise _fail(f"setdomainname {name!r}", exc) from None
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    rc = _libc.prctl(option, arg2, arg3, arg4, arg5)
-    if rc < 0:
-        raise _fail(f"prctl({option})")
-    return int(rc)
+    try:
+        return int(_linux.prctl(option, arg2, arg3, arg4, arg5))
+    except OSError as exc:
+        raise _fail(f"prctl({option})", exc) from None
 
 
 def setresuid(ruid: int, euid: int, suid: int) -> None:
@@ -164,22 +164,37 @@ def mknod(path: str, mode: int, major: int, minor: int, *, dir_fd: int | None = 
 
 
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    """openat2(2) through syscall(): struct open_how {u64 flags; u64 mode; u64 resolve}."""
-    how = ctypes.create_string_buffer(struct.pack("QQQ", flags | os.O_CLOEXEC, mode, resolve), 24)
-    fd = _libc.syscall(SYS_openat2, ctypes.c_int(dir_fd), _b(path), how, ctypes.c_size_t(24))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
+    """openat2(2), always O_CLOEXEC; raises OSError (with the path) as os.open does."""
+    try:
+        return int(_linux.openat2(dir_fd, os.fsencode(path), flags | os.O_CLOEXEC, mode, resolve))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
 
 
 def ioctl(fd: int, request: int, arg: bytes, *, label: str = "") -> bytes:
     """ioctl(2) on an in/out buffer, as fcntl.ioctl does, without loading the fcntl extension (~0.8 ms of a
     container start: a shared library opened)."""
-    buf = ctypes.create_string_buffer(arg, len(arg))
-    if _libc.ioctl(fd, ctypes.c_ulong(request), buf) != 0:
-        raise _fail(f"ioctl {label or hex(request)}")
-    return buf.raw
+    try:
+        return bytes(_linux.ioctl(fd, request, arg))
+    except OSError as exc:
+        raise _fail(f"ioctl {label or hex(request)}", exc) from None
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    try:
+        _linux.capset(effective, permitted, inheritable)
+    except OSError as exc:
+        raise _fail("capabilities: capset", exc) from None
+
+
+def seccomp_filter(prog: bytes, flags: int = 0) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER) of a classic-BPF program; raises OSError (the caller explains EACCES)."""
+    _linux.seccomp_filter(flags, prog)
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2); RLIM_INFINITY is 2**64-1 (-1 is taken to mean it)."""
+    _linux.setrlimit(resource, soft & (2**64 - 1), hard & (2**64 - 1))
 
 
 def fd_path(fd: int) -> str:

@@ -28,9 +28,9 @@ class _Hub:
     """The process's inotify instance: watch descriptors shared by every watcher of the same directory."""
 
     def __init__(self) -> None:
-        from virtkit.container.syscalls import _libc
+        import ctypes
 
-        self.lib = _libc
+        self.lib = ctypes.CDLL(None, use_errno=True)    # libc's inotify calls (virtkitd's side: ctypes is loaded)
         self.lock = threading.Lock()
         self.waiters: dict[int, set[threading.Event]] = {}     # wd -> the events of its watchers
         self.fd = self.lib.inotify_init1(IN_CLOEXEC)             # blocking: only the reader thread reads it
