@@ -74,6 +74,7 @@ class Runtime:
     def __init__(self, root: str = DEFAULT_ROOT, spares: Any = None) -> None:
         self.root = root
         self.spares = spares    # a container.spares.Spares (the supervisor's), or None: every create forks
+        self._just_created: tuple[st.StateDir, dict] | None = None
 
     # -- records --
     def _dir(self, container_id: str) -> st.StateDir:
@@ -236,6 +237,7 @@ class Runtime:
                     _raise_child_error(msg)
         rec.update(status="created", pid=s2, start_time=st.proc_start_time(s2))
         d.save(rec)
+        self._just_created = (d, rec)
         if pid_file:
             _write_pid_file(pid_file, s2)
         return st.oci_state(rec, "created")
@@ -275,11 +277,21 @@ class Runtime:
 
     # -- start / kill / delete --
     def start(self, container_id: str) -> None:
+        just_made = self._just_created
+        self._just_created = None
+        if just_made is not None and just_made[0].id == container_id:
+            # made by this object a moment ago (run, the supervisor): its record is in hand, not read back; if it
+            # died since, the start signal below finds no reader and says so
+            d, rec = just_made
+        else:
+            d, rec, status = self._load(container_id)
+            if status != "created":
+                raise E.InvalidState(f"container {container_id!r} is {status}, not created")
+        self._signal_start(container_id, d, rec)
+
+    def _signal_start(self, container_id: str, d: st.StateDir, rec: dict) -> None:
         from virtkit.container import hooks
 
-        d, rec, status = self._load(container_id)
-        if status != "created":
-            raise E.InvalidState(f"container {container_id!r} is {status}, not created")
         try:
             fd = os.open(d.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
