@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from virtkit.client.transport import Transport, path_of
 from virtkit.core.errors import DaemonUnavailable, from_dict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2.5 ms of every virtkit command's start
+    from typing import Any
 
 
 class ImagesAPI:

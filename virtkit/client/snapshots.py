@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from virtkit.client.transport import Transport, path_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2.5 ms of every virtkit command's start
+    from typing import Any
 
 
 class SnapshotsAPI:
