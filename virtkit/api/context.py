@@ -130,11 +130,11 @@ class Context:
         """
         if tail is not None and tail < 0:
             raise InvalidArgument(f"tail: must be a number of lines >= 0 (got {tail})")
-        inst = self.instances.get(name)     # here, not in the stream: an unknown name is an HTTP error
+        inst = self.instances.record(name)  # here, not in the stream: an unknown name is an HTTP error
         start = None
         if tail == 0:   # only what comes after this call: where the log ends now, not when the stream starts
             try:
-                start = os.path.getsize(self.instances.log_path(inst.id))
+                start = os.path.getsize(self.instances.log_path(inst))
             except FileNotFoundError:
                 start = 0
         return self._follow(inst.id, follow, held, tail, streams, cancelled, start, raw)
@@ -144,16 +144,17 @@ class Context:
         from virtkit.core.logs import LineTail, SingleStreamDecoder
 
         svc = self.instances
-        inst = svc.get(instance_id)
-        path = svc.log_path(inst.id)
+        inst = svc.record(instance_id)
+        path = svc.log_path(inst)
         if not held:
             svc.hold(inst.id)
-        watch = svc.watch(inst.id)
-        decoder = SingleStreamDecoder() if raw else svc.log_decoder(inst.id)
-        # a wake by a file change calls for a look at the instance (store, driver: ~1 ms) only once its driver says
-        # an exit is recorded; without such a probe, and after a quiet 0.25 s, it always does
-        exit_probe = svc.exit_probe(inst.id)
-        look = True
+        watch = svc.watch(inst)
+        decoder = SingleStreamDecoder() if raw else svc.log_decoder(inst)
+        # A look at the instance (its driver's view folded into the store: ~1 ms) is taken only when its driver
+        # says an exit is recorded, when it is not running by its record, or after a quiet 0.25 s; a wake by a
+        # file change alone costs one stat. The watch is in place before this first check: nothing is missed.
+        exit_probe = svc.exit_probe(inst)
+        look = exit_probe is None or exit_probe() or inst.state not in (InstanceState.RUNNING, InstanceState.PAUSED)
 
         def frames(records: list[tuple[int, bytes]]) -> Iterator[bytes]:
             for stream, data in records:
