@@ -32,8 +32,10 @@ class Context:
         self.images = ImageStore(home.images)
         from virtkit.vm.engines import VmEngines
 
-        self.drivers = {"container": ContainerDriver(home, self.images), "vm": VmEngines(home, self.images)}
+        self.containers = ContainerDriver(home, self.images)
+        self.drivers = {"container": self.containers, "vm": VmEngines(home, self.images)}
         self.instances = InstanceService(self.store, self.drivers, self.images)  # type: ignore[arg-type]
+        self.containers.hold_cgroup_parent()
         self._wire_storage(home)
         self._wire_networks(home)
         self.shutdown_hook: Callable[[], None] | None = None
@@ -94,6 +96,7 @@ class Context:
             call(self.home.supervisor_socket, {"op": "shutdown"}, timeout=5)
         except Exception:  # busy (containers run on) or already gone: either way the daemon may stop
             pass
+        self.containers.release_cgroup_parent()
         from virtkit.net.netns import in_thread
 
         try:

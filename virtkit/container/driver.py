@@ -88,6 +88,31 @@ class ContainerDriver:
             shutil.rmtree(idir, ignore_errors=True)
             raise SystemFailure(f"cannot write bundle for '{instance.name}': {exc}") from exc
 
+    # The home's cgroup (its instances' parent) is held while virtkitd runs by an empty child: each instance's
+    # removal then leaves the parent, and the next start need not make it again (on cgroup v1 a mkdir and an
+    # rmdir in each of ~9 hierarchies, ~1 ms of every start and every rm).
+    _KEEP = ".keep"
+
+    def hold_cgroup_parent(self) -> None:
+        from virtkit.container.cgroups import manager_for
+
+        try:
+            manager_for(f"{self.home.cgroup_parent}/{self._KEEP}").create()
+        except (VirtkitError, OSError) as exc:   # no cgroups here: instances make the parent themselves
+            print(f"virtkitd: cannot hold the home's cgroup {self.home.cgroup_parent}: {exc}", file=sys.stderr,
+                  flush=True)
+
+    def release_cgroup_parent(self) -> None:
+        """Let go of the home's cgroup: it goes too when no instance's cgroup is left in it."""
+        from virtkit.container.cgroups import manager_for
+
+        try:
+            keep = manager_for(f"{self.home.cgroup_parent}/{self._KEEP}")
+            if keep.exists():
+                keep.remove_if_empty()
+        except (VirtkitError, OSError) as exc:
+            print(f"virtkitd: cannot let go of the home's cgroup: {exc}", file=sys.stderr, flush=True)
+
     def start(self, instance: Instance) -> int:
         from virtkit.container.supervisor import call, ensure_running
 
