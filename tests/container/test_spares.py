@@ -14,6 +14,7 @@ from virtkit.container import syscalls as sc
 pytestmark = pytest.mark.root
 
 WORLD = ("echo pid=$$; hostname; ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; cat /proc/self/cgroup;"
+         "echo policy; cut -d' ' -f41 /proc/self/stat;"
          "echo mounts; cut -d' ' -f2 /proc/mounts; echo ifaces; ip -o link; echo end")
 
 KIND = sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
@@ -42,9 +43,10 @@ def _ready(pool, kind=KIND) -> int:
 
 def _world(out: str) -> dict:
     head, rest = out.split("mounts\n")
+    head, policy = head.split("policy\n")
     mounts, rest = rest.split("ifaces\n")
     lines = head.splitlines()
-    return {"pid": lines[0], "hostname": lines[1], "procs": lines[2].split(),
+    return {"pid": lines[0], "hostname": lines[1], "procs": lines[2].split(), "policy": policy.strip(),
             "cgroups": sorted({ln.split(":", 2)[2] for ln in lines[3:]}),
             "mounts": mounts.split(), "links": [ln.split(":")[1].strip() for ln in rest.split("end")[0].splitlines()],
             "lo_up": ",UP" in rest}
@@ -87,6 +89,7 @@ def test_a_spare_gives_the_world_a_fork_gives(runtime, spares, cid, bundle):
     assert b == a, (forked, taken)
     assert b["pid"] == "pid=1" and b["hostname"] == "vk-spare" and b["links"] == ["lo"] and b["lo_up"]
     assert b["cgroups"] == ["/"]                         # its cgroup namespace is rooted at its own cgroup
+    assert b["policy"] == "0"                           # SCHED_OTHER: a spare waits as SCHED_IDLE, not its container
 
 
 def test_a_host_mount_made_after_the_spare_is_seen(runtime, spares, cid, bundle, tmp_path):
@@ -113,6 +116,8 @@ def test_a_spare_holds_none_of_its_makers_fds(spares):
         fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
         assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds   # stdio and its channel
         assert os.readlink(f"/proc/{pid}/fd/{fds[3]}").startswith("socket:")
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[38] == "5"     # SCHED_IDLE while it waits
     finally:
         os.close(r)
         os.close(w)

@@ -57,6 +57,10 @@ class Trash:
                 self._thread.start()
 
     def _run(self) -> None:
+        try:    # background work: behind the requests of this daemon's other threads (nice is per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass
         while True:
             self._wake.wait()
             self._wake.clear()
