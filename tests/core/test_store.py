@@ -1,5 +1,6 @@
 """The SQLite store: uniqueness, updates, migrations, persistence across reopen."""
 
+import os
 import sqlite3
 import threading
 
@@ -70,3 +71,26 @@ def test_newer_schema_is_refused(tmp_path):
     raw.close()
     with pytest.raises(Exception, match="newer than this virtkit"):
         SQLiteStore(path)
+
+
+def test_threads_that_come_and_go_do_not_pile_up_connections(tmp_path):
+    """virtkitd's worker threads come and go: they share idle connections, no fd is left per thread."""
+    import gc
+    import threading
+
+    store = SQLiteStore(str(tmp_path / "db.sqlite"))
+    store.add_instance(_inst("a", "1" * 32))
+
+    def db_fds() -> int:
+        return sum(1 for fd in os.listdir("/proc/self/fd")
+                   if os.path.realpath(f"/proc/self/fd/{fd}") == str(tmp_path / "db.sqlite"))
+
+    before = db_fds()
+    threads = [threading.Thread(target=store.get_instance, args=("a",)) for _ in range(5)]
+    for t in threads:
+        t.start()
+        t.join()
+    gc.collect()
+    assert db_fds() == before
+    store.close()
+    assert db_fds() == 0

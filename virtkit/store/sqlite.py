@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,32 +54,38 @@ class SQLiteStore:
 
         with self.engine.begin() as conn:
             self._version = migrations.migrate(conn)
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._opened_lock = threading.Lock()
+        # idle connections for instance rows, shared by all threads: a connection per thread would leave an fd
+        # behind for every worker thread virtkitd ever had (SQLite keeps a closed connection's fd while other
+        # connections of the process hold locks on the file)
+        self._idle: deque[sqlite3.Connection] = deque()
 
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection for instance rows (autocommit; writes in _tx)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for instance rows (autocommit; writes in _tx), back to the idle ones after use."""
+        try:
+            conn = self._idle.pop()
+        except IndexError:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             _pragmas(conn)
-            self._local.conn = conn
-            with self._opened_lock:
-                self._opened.append(conn)
-        return conn
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:     # a failed COMMIT or ROLLBACK: not fit for the next caller
+                conn.close()
+            else:
+                self._idle.append(conn)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._db() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def schema_version(self) -> int:
         return self._version
@@ -96,18 +102,19 @@ class SQLiteStore:
             raise AlreadyExists(f"an instance named '{instance.name}' already exists") from exc
 
     def get_instance(self, name_or_id: str) -> Instance:
-        conn = self._db()
-        row = conn.execute("SELECT * FROM instances WHERE name = ?", (name_or_id,)).fetchone()
-        if row is None and len(name_or_id) >= 6:
-            rows = conn.execute("SELECT * FROM instances WHERE id LIKE ?", (name_or_id + "%",)).fetchall()
-            if len(rows) == 1:
-                row = rows[0]
+        with self._db() as conn:
+            row = conn.execute("SELECT * FROM instances WHERE name = ?", (name_or_id,)).fetchone()
+            if row is None and len(name_or_id) >= 6:
+                rows = conn.execute("SELECT * FROM instances WHERE id LIKE ?", (name_or_id + "%",)).fetchall()
+                if len(rows) == 1:
+                    row = rows[0]
         if row is None:
             raise NotFound(f"instance '{name_or_id}' not found")
         return _row_to_instance(row)
 
     def list_instances(self) -> list[Instance]:
-        rows = self._db().execute("SELECT * FROM instances ORDER BY created_at").fetchall()
+        with self._db() as conn:
+            rows = conn.execute("SELECT * FROM instances ORDER BY created_at").fetchall()
         return [_row_to_instance(r) for r in rows]
 
     def update_instance(self, instance_id: str, **fields: Any) -> Instance:
@@ -255,9 +262,6 @@ class SQLiteStore:
             conn.execute(text(query), {"i": instance_id, "n": network})
 
     def close(self) -> None:
-        with self._opened_lock:
-            for conn in self._opened:
-                conn.close()
-            self._opened.clear()
-        self._local = threading.local()
+        while self._idle:
+            self._idle.pop().close()
         self.engine.dispose()
