@@ -37,7 +37,10 @@ def _ready(pool, kind=KIND) -> int:
     held = pool.ready[kind][-1]
     from virtkit.container.spares import _reported
 
-    assert _reported(held, kind, pool.wanted)
+    deadline = time.monotonic() + 5
+    while not _reported(held, kind, pool.wanted):    # it reports when it is ready (never waited for by take)
+        assert time.monotonic() < deadline, "the spare never reported"
+        time.sleep(0.005)
     return held[0]
 
 
@@ -130,6 +133,27 @@ def test_spares_go_with_their_keeper(spares):
     pid = _ready(spares)
     spares.ready[KIND][-1][1].close()                   # the keeper died: its end of the channel closes
     assert _gone(pid)
+
+
+def test_a_spare_not_ready_yet_is_not_waited_for():
+    """A spare is made at the lowest priority: on a busy host it may not have reported when a container asks.
+    take() must not wait for it (it would wait as long as the host stays busy): it drops it and says none."""
+    import _socket
+    import threading
+
+    from virtkit.container.spares import Spares
+
+    pool = Spares()
+    ours, its = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)   # a spare that never reports
+    pool.wanted.add(KIND)
+    pool.ready[KIND] = [[0, ours]]
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(pool.take(KIND)), daemon=True)
+    t.start()
+    t.join(2)
+    assert got == [None]
+    assert its.recv(16) == b""                          # its channel was closed: a real spare exits on that
+    its.close()
 
 
 def test_containers_spares_cannot_serve_fork_as_before(runtime, spares, cid, bundle):
