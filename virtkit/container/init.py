@@ -167,9 +167,12 @@ def spare_stage1(ch: _socket.socket, flags: int) -> NoReturn:
         pid = os.fork()
         if pid == 0:
             spare_stage2(ch, flags)
-        send(ch, {"type": "pid", "pid": pid})
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
+    try:
+        send(ch, {"type": "pid", "pid": pid})
+    except OSError:     # dropped before it was ready: its PID 1 sees the channel close and exits too
+        pass
     os._exit(0)
 
 
@@ -185,9 +188,12 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
         os.umask(0)
         if flags & sc.CLONE_NEWNET:
             _loopback_up()
-        data, anc, _flags, _addr = ch.recvmsg(_MAX_GO, _socket.CMSG_SPACE(5 * 4))
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
+    try:
+        data, anc, _flags, _addr = ch.recvmsg(_MAX_GO, _socket.CMSG_SPACE(5 * 4))
+    except OSError:     # its supervisor went away (or dropped it) without a word: nothing to report, nobody to tell
+        data = b""
     if not data:
         os._exit(0)
     try:
