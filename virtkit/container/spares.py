@@ -59,10 +59,17 @@ class Spares:
     def fill(self) -> None:
         """Start the spares that are missing: a fork each (~1.5 ms of this process); the spare makes its
         namespaces on its own and reports its pid, read when it is taken."""
-        for kind in self.wanted:
+        for kind in list(self.wanted):
             held = self.ready.setdefault(kind, [])
             while len(held) < self.per_kind:
-                held.append([0, _start(kind)])
+                try:
+                    held.append([0, _start(kind)])
+                except OSError as exc:  # out of processes or memory: containers of this kind start the usual way
+                    import sys
+
+                    print(f"supervisor: cannot make a spare container: {exc}", file=sys.stderr, flush=True)
+                    self.wanted.discard(kind)
+                    break
 
     def forget(self, pid: int) -> bool:
         """A spare that died (reaped by the supervisor): dropped. Whether pid was one."""
