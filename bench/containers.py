@@ -373,6 +373,10 @@ class Bench:
             containers = (under_sup | in_cg) - {sup, daemon}
             other = procmem.descendants([daemon], tree) - {sup} - containers
             c_tot = procmem.total(containers)
+            # the supervisor's spares (container/spares.py: a PID 1 made ahead, one per kind of container asked
+            # for) are counted with the containers; told apart here by their scheduling policy, SCHED_IDLE
+            spares = {p for p in containers if _sched_policy(p) == os.SCHED_IDLE}
+            out["spares"] = procmem.total(spares)
             s_mem = procmem.mem_of(sup) or {"pss": 0, "rss": 0, "uss": 0}
             d_mem = procmem.mem_of(daemon) or {"pss": 0, "rss": 0, "uss": 0}
             o_tot = procmem.total(other)
@@ -567,6 +571,14 @@ class Bench:
         return report
 
 
+def _sched_policy(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[38])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -649,6 +661,10 @@ def memory_lines(m: dict[str, Any]) -> list[str]:
                    f"(supervisor {vk['supervisor']['pss_kib']} KiB in all); virtkitd (shared) "
                    f"{vk['daemon_virtkitd']['pss_kib']} KiB PSS, {_fmt(vk['per_container_pss_with_daemon_kib'])} "
                    f"KiB per container with it")
+        if vk.get("spares", {}).get("processes"):
+            sp = vk["spares"]
+            out.append(f"- of the container processes, {sp['processes']} spare(s) made ahead by the supervisor (one "
+                       f"per kind of container asked for): {sp['pss_kib']} KiB PSS in all, a fixed cost")
         if m.get("break_even_containers"):
             out.append(f"- the supervisor alone costs as much as {m['break_even_containers']} conmons: below that many "
                        "idle containers, one conmon each would cost less")
