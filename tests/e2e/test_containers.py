@@ -43,6 +43,27 @@ def test_isolation_processes_mounts_network(vk_home, client, name):
     assert ",UP" in link_lines[0] and "127.0.0.1" in net
 
 
+def test_a_detached_rm_instance_goes_when_it_exits_unasked(vk_home, client, name):
+    """virtkitd notices the exit by itself (its reconcile loop) and removes the instance: no request looks at it."""
+    import sqlite3
+
+    from virtkit.config import Home
+
+    r = vk(vk_home, "run", "-d", "--rm", "--name", name, "--network", "none", "busybox", "--", "sleep", "0.3")
+    assert r.returncode == 0, r.stderr
+    home = Home.from_env(vk_home)
+    db = sqlite3.connect(home.db)
+    try:
+        iid = db.execute("SELECT id FROM instances WHERE name = ?", (name,)).fetchone()[0]
+        deadline = time.monotonic() + 5
+        while db.execute("SELECT 1 FROM instances WHERE id = ?", (iid,)).fetchone():
+            assert time.monotonic() < deadline, "the exited --rm instance is still in the store"
+            time.sleep(0.05)
+    finally:
+        db.close()
+    assert not os.path.exists(os.path.join(home.root, "containers", iid))
+
+
 def test_detached_lifecycle_list_exec_logs_stop(vk_home, client, name):
     r = vk(vk_home, "run", "-d", "--name", name, "--cpus", "0.5", "--memory", "64M", "--pids", "64",
            "busybox", "--", "sh", "-c", "echo started; echo to-stderr >&2; exec httpd -f -p 8080")

@@ -12,10 +12,14 @@ import time
 
 
 def _reconcile_loop(ctx: object, stop: threading.Event) -> None:
-    """Record exits of instances nobody is asking about, so `list` and --rm stay current."""
+    """Record exits of instances nobody is asking about, so `list` and --rm stay current: every 0.5 s those
+    whose driver says an exit may be recorded (a stat each), every 10 s all of them (a dead supervisor, a pause
+    made by hand). Looking at every instance each round cost an idle virtkitd ~1% of a CPU per 30 containers."""
+    rounds = 0
     while not stop.wait(0.5):
+        rounds += 1
         try:
-            ctx.instances.list_all()  # type: ignore[attr-defined]
+            ctx.instances.reconcile_exited(everything=rounds % 20 == 0)  # type: ignore[attr-defined]
         except Exception as exc:  # keep the loop alive; the next round retries
             print(f"virtkitd: reconcile failed: {exc}", file=sys.stderr, flush=True)
 

@@ -79,6 +79,16 @@ class InstanceService:
     def list_all(self) -> list[Instance]:
         return [self.reconcile(i) for i in self.store.list_instances()]
 
+    def reconcile_exited(self, everything: bool = False) -> None:
+        """Fold recorded exits into the store: of every running instance whose driver's probe says one may be
+        there (or that has no probe), or with `everything`, of all (as list_all)."""
+        for inst in self.store.list_instances():
+            if inst.state not in (S.RUNNING, S.PAUSED):
+                continue
+            probe = None if everything else self.exit_probe(inst)
+            if probe is None or probe():
+                self.reconcile(inst)
+
     def reconcile(self, inst: Instance) -> Instance:
         """Fold what the driver knows (the process exited, how) into the stored record."""
         if inst.state not in (S.RUNNING, S.PAUSED):
