@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from virtkit.container import syscalls as sc
 from virtkit.core.capabilities import CAP_NAMES as _NAMES
-from virtkit.core.errors import InvalidArgument, SystemFailure
+from virtkit.core.errors import InvalidArgument
 
 # Numbers as in include/uapi/linux/capability.h.
 CAPS: dict[str, int] = {f"CAP_{name}": number for number, name in enumerate(_NAMES)}
@@ -27,10 +27,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
-    try:
-        sc.prctl(option, arg2, arg3)
-    except SystemFailure as exc:
-        raise SystemFailure(f"capabilities: prctl({option}, {arg2}) failed: {exc.message.split(': ', 1)[-1]}") from None
+    sc.prctl(option, arg2, arg3, label=f"capabilities: prctl({option}, {arg2}) failed")
 
 
 def last_cap() -> int:

@@ -93,21 +93,22 @@ class ContainerDriver:
     # rmdir in each of ~9 hierarchies, ~1 ms of every start and every rm).
     _KEEP = ".keep"
 
-    def hold_cgroup_parent(self) -> None:
+    def _keep(self) -> Any:
         from virtkit.container.cgroups import manager_for
 
+        return manager_for(f"{self.home.cgroup_parent}/{self._KEEP}")
+
+    def hold_cgroup_parent(self) -> None:
         try:
-            manager_for(f"{self.home.cgroup_parent}/{self._KEEP}").create()
+            self._keep().create()
         except (VirtkitError, OSError) as exc:   # no cgroups here: instances make the parent themselves
             print(f"virtkitd: cannot hold the home's cgroup {self.home.cgroup_parent}: {exc}", file=sys.stderr,
                   flush=True)
 
     def release_cgroup_parent(self) -> None:
         """Let go of the home's cgroup: it goes too when no instance's cgroup is left in it."""
-        from virtkit.container.cgroups import manager_for
-
         try:
-            keep = manager_for(f"{self.home.cgroup_parent}/{self._KEEP}")
+            keep = self._keep()
             if keep.exists():
                 keep.remove_if_empty()
         except (VirtkitError, OSError) as exc:

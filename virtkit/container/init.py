@@ -82,11 +82,7 @@ def stage1(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
     """In the runtime's namespaces: join the cgroup, make/join namespaces, fork PID 1, report it."""
     gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
-        if opts.get("stdio"):
-            for i, fd in enumerate(opts["stdio"]):
-                os.dup2(fd, i)
-        opts["cgroup"].add_pid(os.getpid())
-        set_oom_score_adj(spec["process"])
+        _enter(spec, opts)
         flags, joins = opts["ns_flags"], opts["ns_join"]
         user_join = [j for j in joins if j[0] == "user"]
         ns.join(user_join)
@@ -107,17 +103,23 @@ def stage1(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
     os._exit(0)
 
 
+def _enter(spec: dict, opts: dict[str, Any]) -> None:
+    """The container's stdio on 0-2, its cgroup joined (by this process itself, before any cgroup namespace is
+    made) and its OOM score, while still on the host's /proc."""
+    if opts.get("stdio"):
+        for i, fd in enumerate(opts["stdio"]):
+            os.dup2(fd, i)
+    opts["cgroup"].add_pid(os.getpid())
+    set_oom_score_adj(spec["process"])
+
+
 def stage2_direct(ch: _socket.socket, spec: dict, opts: dict[str, Any]) -> NoReturn:
     """PID 1 forked straight from the runtime, which unshared only the pid namespace (it applies to children):
     here it joins the cgroup and makes or joins the other namespaces, then goes on as stage2 — stage 1's work
     without a process of its own. Only for containers without a user namespace and not joining a pid one."""
     gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
-        if opts.get("stdio"):
-            for i, fd in enumerate(opts["stdio"]):
-                os.dup2(fd, i)
-        opts["cgroup"].add_pid(os.getpid())     # itself, before its cgroup namespace is made
-        set_oom_score_adj(spec["process"])
+        _enter(spec, opts)
         ns.join(opts["ns_join"])
         sc.unshare(opts["ns_flags"] & ~sc.CLONE_NEWPID)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the runtime

@@ -199,8 +199,6 @@ _compiled: dict[str, tuple[bytes, int]] = {}
 # times (the runtime before forking, stage 2, the load), and its digest costs ~0.4 ms each time.
 _last: tuple[dict | None, tuple[bytes, int] | None] = (None, None)
 
-SYS_seccomp = 317               # x86_64
-SECCOMP_SET_MODE_FILTER = 1
 _FLAG_BITS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4}
 
 

@@ -22,12 +22,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def kind_of(flags: int, joins: list[tuple[str, int]], user_maps: bool = False) -> int | None:
+def kind_of(flags: int, joins: list[tuple[str, int]]) -> int | None:
     """The spare kind a container with these namespaces can use (its early flags), or None when it cannot:
     a user namespace, a joined namespace other than the network, or a kind of namespace spares do not make."""
     from virtkit.container.init import LATE_FLAGS, SPARE_FLAGS
 
-    if user_maps or not flags & sc.CLONE_NEWPID or flags & ~(SPARE_FLAGS | LATE_FLAGS):
+    if not flags & sc.CLONE_NEWPID or flags & ~(SPARE_FLAGS | LATE_FLAGS):
         return None
     if any(typ != "network" for typ, _fd in joins):
         return None

@@ -8,9 +8,14 @@ happens inside a container's setup reads like "mount proc on /proc: Permission d
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from virtkit.container import _linux
 from virtkit.core.errors import SystemFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # clone/unshare flags (linux/sched.h)
 CLONE_NEWTIME = 0x00000080
@@ -68,8 +73,12 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
-def _fail(what: str, exc: OSError) -> SystemFailure:
-    return SystemFailure(f"{what}: {exc.strerror}")
+def _checked(what: str, call: Callable[..., Any], *args: Any) -> Any:
+    """call(*args), its OSError turned into SystemFailure "<what>: <errno text>"."""
+    try:
+        return call(*args)
+    except OSError as exc:
+        raise SystemFailure(f"{what}: {exc.strerror}") from None
 
 
 def _b(s: str | None) -> bytes | None:
@@ -81,79 +90,49 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
     """mount(2); `label` is the destination as the user wrote it, for the error message."""
     try:
         _linux.mount(_b(source), os.fsencode(target), _b(fstype), flags, _b(data))
-    except OSError as exc:
+    except OSError as exc:      # the message is made only on failure: a container start mounts ~50 times
         what = fstype or ("bind" if flags & MS_BIND else "mount")
-        raise _fail(f"mount {source or what} on {label or target}", exc) from None
+        raise SystemFailure(f"mount {source or what} on {label or target}: {exc.strerror}") from None
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    try:
-        _linux.umount2(os.fsencode(target), flags)
-    except OSError as exc:
-        raise _fail(f"umount {target}", exc) from None
+    _checked(f"umount {target}", _linux.umount2, os.fsencode(target), flags)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    try:
-        _linux.pivot_root(os.fsencode(new_root), os.fsencode(put_old))
-    except OSError as exc:
-        raise _fail(f"pivot_root {new_root}", exc) from None
+    _checked(f"pivot_root {new_root}", _linux.pivot_root, os.fsencode(new_root), os.fsencode(put_old))
 
 
 def unshare(flags: int) -> None:
-    try:
-        _linux.unshare(flags)
-    except OSError as exc:
-        raise _fail(f"unshare({flags:#x})", exc) from None
+    _checked(f"unshare({flags:#x})", _linux.unshare, flags)
 
 
 def setns(fd: int, nstype: int, *, label: str = "") -> None:
-    try:
-        _linux.setns(fd, nstype)
-    except OSError as exc:
-        raise _fail(f"setns {label or fd}", exc) from None
+    _checked(f"setns {label or fd}", _linux.setns, fd, nstype)
 
 
 def sethostname(name: str) -> None:
-    try:
-        _linux.sethostname(name.encode())
-    except OSError as exc:
-        raise _fail(f"sethostname {name!r}", exc) from None
+    _checked(f"sethostname {name!r}", _linux.sethostname, name.encode())
 
 
 def setdomainname(name: str) -> None:
-    try:
-        _linux.setdomainname(name.encode())
-    except OSError as exc:
-        raise _fail(f"setdomainname {name!r}", exc) from None
+    _checked(f"setdomainname {name!r}", _linux.setdomainname, name.encode())
 
 
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    try:
-        return int(_linux.prctl(option, arg2, arg3, arg4, arg5))
-    except OSError as exc:
-        raise _fail(f"prctl({option})", exc) from None
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0, *, label: str = "") -> int:
+    return int(_checked(label or f"prctl({option})", _linux.prctl, option, arg2, arg3, arg4, arg5))
 
 
 def setresuid(ruid: int, euid: int, suid: int) -> None:
-    try:
-        os.setresuid(ruid, euid, suid)
-    except OSError as exc:
-        raise SystemFailure(f"setresuid({euid}): {exc.strerror}") from exc
+    _checked(f"setresuid({euid})", os.setresuid, ruid, euid, suid)
 
 
 def setresgid(rgid: int, egid: int, sgid: int) -> None:
-    try:
-        os.setresgid(rgid, egid, sgid)
-    except OSError as exc:
-        raise SystemFailure(f"setresgid({egid}): {exc.strerror}") from exc
+    _checked(f"setresgid({egid})", os.setresgid, rgid, egid, sgid)
 
 
 def setgroups(gids: list[int]) -> None:
-    try:
-        os.setgroups(gids)
-    except OSError as exc:
-        raise SystemFailure(f"setgroups({gids}): {exc.strerror}") from exc
+    _checked(f"setgroups({gids})", os.setgroups, gids)
 
 
 def mknod(path: str, mode: int, major: int, minor: int, *, dir_fd: int | None = None) -> None:
@@ -174,17 +153,11 @@ def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, resolve: int = 0)
 def ioctl(fd: int, request: int, arg: bytes, *, label: str = "") -> bytes:
     """ioctl(2) on an in/out buffer, as fcntl.ioctl does, without loading the fcntl extension (~0.8 ms of a
     container start: a shared library opened)."""
-    try:
-        return bytes(_linux.ioctl(fd, request, arg))
-    except OSError as exc:
-        raise _fail(f"ioctl {label or hex(request)}", exc) from None
+    return bytes(_checked(f"ioctl {label or hex(request)}", _linux.ioctl, fd, request, arg))
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
-    try:
-        _linux.capset(effective, permitted, inheritable)
-    except OSError as exc:
-        raise _fail("capabilities: capset", exc) from None
+    _checked("capabilities: capset", _linux.capset, effective, permitted, inheritable)
 
 
 def seccomp_filter(prog: bytes, flags: int = 0) -> None:

@@ -1,9 +1,9 @@
 """SQLite-backed Store (SQLAlchemy Core, WAL journal): the embedded default.
 
 Instance rows, which every container start and exit reads and writes several times, go through the sqlite3 driver
-directly, one connection per thread: SQLAlchemy's layer costs ~55 us a read and ~85 us a write here against
-~8 and ~10 us underneath (measured on this store), about 2 ms of a `virtkit run --rm`. The rest, and the schema's
-migrations, stay on SQLAlchemy Core.
+directly, through a small pool of idle connections: SQLAlchemy's layer costs ~55 us a read and ~85 us a write here
+against ~8 and ~10 us underneath (measured on this store), about 2 ms of a `virtkit run --rm`. The rest, and the
+schema's migrations, stay on SQLAlchemy Core.
 """
 
 from __future__ import annotations
