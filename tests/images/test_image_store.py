@@ -102,6 +102,20 @@ def test_flipped_byte_is_an_integrity_error(store: ImageStore, tar_factory) -> N
         store.get("demo")
 
 
+def test_a_blob_read_before_is_verified_again_once_changed(store: ImageStore, tar_factory) -> None:
+    info = store.add_image("demo", [tar_factory([E("file", "a", b"a")])], CONFIG)
+    for _ in range(2):      # the second read is the remembered one
+        assert store.get("demo").config["config"]["Cmd"] == CONFIG["config"]["Cmd"]
+    config_digest = json.loads(store.read_blob(info.digest))["config"]["digest"]
+    cpath = store.blobs / config_digest.removeprefix("sha256:")
+    good = cpath.read_bytes()
+    cpath.write_bytes(good.replace(b'"sh"', b'"xx"'))
+    with pytest.raises(IntegrityError, match=config_digest):
+        store.get("demo")
+    cpath.write_bytes(good)
+    assert store.get("demo").config["config"]["Cmd"] == CONFIG["config"]["Cmd"]
+
+
 def test_layers_are_unpacked_once_and_shared(store: ImageStore, tar_factory, monkeypatch) -> None:
     shared = tar_factory([E("dir", "usr"), E("file", "usr/shared", b"shared\n", mode=0o640)])
     a_top = tar_factory([E("file", "a", b"A")])
