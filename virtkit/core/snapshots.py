@@ -121,9 +121,7 @@ class SnapshotService:
         return lambda: None
 
     def removed(self, instance: Instance) -> None:
-        """Hook: the instance is gone; so are its snapshots (their rows went with it)."""
-        for snap in self.store.list_snapshots(instance.id):
-            self.store.delete_snapshot(instance.id, snap.name)
+        """Hook: the instance is gone; so are its snapshots (their rows went with it: the store's contract)."""
         self.files.remove_all(instance.id)
         with self._lock:
             self._busy.pop(instance.id, None)

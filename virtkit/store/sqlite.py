@@ -103,7 +103,9 @@ class SQLiteStore:
 
     def get_instance(self, name_or_id: str) -> Instance:
         with self._db() as conn:
-            row = conn.execute("SELECT * FROM instances WHERE name = ?", (name_or_id,)).fetchone()
+            # by name or by whole id in one look (both indexed); a name wins over another instance's id
+            rows = conn.execute("SELECT * FROM instances WHERE name = ?1 OR id = ?1", (name_or_id,)).fetchall()
+            row = next((r for r in rows if r["name"] == name_or_id), rows[0] if rows else None)
             if row is None and len(name_or_id) >= 6:
                 rows = conn.execute("SELECT * FROM instances WHERE id LIKE ?", (name_or_id + "%",)).fetchall()
                 if len(rows) == 1:
