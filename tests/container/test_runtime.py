@@ -52,6 +52,35 @@ def test_lifecycle_create_start_stop_delete(runtime, cid, bundle, runtime_root, 
         runtime.state(cid)
 
 
+def test_create_with_start_runs_the_process_at_once_without_a_fifo(runtime, cid, bundle, runtime_root, tmp_path):
+    out = tmp_path / "out"
+    bundle.args("sh", "-c", "echo started; sleep 0.5").save()
+    with open(out, "w") as f, open(os.devnull) as null:
+        st = runtime.create(cid, bundle.path, stdio=(null.fileno(), f.fileno(), f.fileno()), start=True)
+    assert st["status"] == "running" and runtime.state(cid)["status"] == "running"
+    assert not os.path.exists(os.path.join(runtime_root, cid, "exec.fifo"))
+    deadline = time.monotonic() + 5
+    while out.read_text() != "started\n" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert out.read_text() == "started\n"      # nobody called start
+    with pytest.raises(InvalidState, match="is running, not created"):
+        runtime.start(cid)
+    _wait_status(runtime, cid, "stopped")
+    runtime.delete(cid)
+
+
+def test_create_with_start_keeps_the_hooks_order(runtime, cid, bundle, tmp_path):
+    log = tmp_path / "hooks.log"
+    bundle.spec["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", f"echo prestart >> {log}"]}]}
+    bundle.args("true").save()
+    st = runtime.create(cid, bundle.path, start=True)
+    assert st["status"] == "created"            # with hooks, start stays a step of its own
+    assert log.read_text() == "prestart\n"
+    runtime.start(cid)
+    _wait_status(runtime, cid, "stopped")
+    runtime.delete(cid)
+
+
 def test_run_returns_exit_code(runtime, cid, bundle):
     assert _run(runtime, cid, bundle, "sh", "-c", "exit 3")[0] == 3
     assert runtime.list() == []

@@ -117,6 +117,11 @@ def test_kill_with_signal_and_exit_reason(vk_home, client, name):
         time.sleep(0.05)
     inst = client.instance(name)
     assert (inst["state"], inst["exit_code"], inst["exit_reason"]) == ("stopped", 3, "exited")
+    # the supervisor took its (empty) cgroup away as it recorded the exit, before any rm
+    from virtkit.config import Home
+    from virtkit.container.cgroups import manager_for
+
+    assert not manager_for(f"{Home.from_env(vk_home).cgroup_parent}/{inst['id']}").exists()
     client.remove(name)
 
 

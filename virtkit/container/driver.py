@@ -38,7 +38,7 @@ class ContainerDriver:
         if self._runtime is None:
             from virtkit.container.runtime import Runtime
 
-            self._runtime = Runtime(self.home.runtime_root)
+            self._runtime = Runtime(self.home.runtime_root, discard=self.trash.discard)
         return self._runtime
 
     def _dir(self, instance: Instance) -> str:

@@ -214,9 +214,11 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
         # itself (v1: its one thread, without the threadgroup lock a move by pid takes), before its cgroup namespace
         manager_for(msg["cgroup"]).add_pid(os.getpid())
         set_oom_score_adj(spec["process"])
+        fifo_fd = fds[3] if msg["fifo"] else -1
         if msg["join_net"]:
-            sc.setns(fds[4], sc.CLONE_NEWNET, label="network namespace")
-            os.close(fds[4])
+            netns = fds[4 if msg["fifo"] else 3]
+            sc.setns(netns, sc.CLONE_NEWNET, label="network namespace")
+            os.close(netns)
         if msg["flags"] & LATE_FLAGS:
             sc.unshare(msg["flags"] & LATE_FLAGS)
         if msg.get("seccomp") is not None:
@@ -225,7 +227,7 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
             seccomp.remember(spec["linux"]["seccomp"], bytes.fromhex(msg["seccomp"]), msg["seccomp_flags"])
         opts = {"ns_flags": msg["flags"], "ns_join": [("network", -1)] if msg["join_net"] else [],
                 "bundle": msg["bundle"], "console_socket": msg["console_socket"], "no_pivot": msg["no_pivot"],
-                "preserve_fds": 0, "fifo_fd": fds[3], "hook_state": msg["hook_state"]}
+                "preserve_fds": 0, "fifo_fd": fifo_fd, "hook_state": msg["hook_state"]}
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     stage2(ch, spec, opts, made=True)
@@ -251,8 +253,10 @@ def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any], made: bool = Fa
                "cgroupns": bool(flags & sc.CLONE_NEWCGROUP)}
         root = spec["root"]["path"]
         # the host's /proc/self/fd, kept for reopening the exec fifo's O_PATH fd after pivot_root/chroot:
-        # the container may have no /proc of its own (no mount namespace, or no proc mount)
-        fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # the container may have no /proc of its own (no mount namespace, or no proc mount); no fifo (fd -1):
+        # create and start are one, the process follows at once
+        fifo_fd = opts["fifo_fd"]
+        fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if fifo_fd >= 0 else -1
         if flags & sc.CLONE_NEWNS:
             rootfs.setup_root(spec, root)
             rootfs.mount_all(spec, root, opts["bundle"], ctx)
@@ -285,12 +289,13 @@ def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any], made: bool = Fa
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     try:
-        # blocks until `start` opens the fifo for reading (runc's exec.fifo)
-        fd = os.open(str(opts["fifo_fd"]), os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd_dir)
-        os.write(fd, b"0")
-        os.close(fd)
-        os.close(opts["fifo_fd"])
-        os.close(fd_dir)
+        if fifo_fd >= 0:
+            # blocks until `start` opens the fifo for reading (runc's exec.fifo)
+            fd = os.open(str(fifo_fd), os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd_dir)
+            os.write(fd, b"0")
+            os.close(fd)
+            os.close(fifo_fd)
+            os.close(fd_dir)
         hooks.run_hooks(hk.get("startContainer"), opts["hook_state"] | {"pid": os.getpid(), "status": "running"},
                         "startContainer")
         finish(proc, linux, opts["preserve_fds"], env)

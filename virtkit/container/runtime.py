@@ -71,9 +71,13 @@ class _Closing:
         self.sock.close()
 
 class Runtime:
-    def __init__(self, root: str = DEFAULT_ROOT, spares: Any = None) -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, spares: Any = None,
+                 discard: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.spares = spares    # a container.spares.Spares (the supervisor's), or None: every create forks
+        # what takes a deleted container's state dir away (virtkitd's trash: one rename on its path); None:
+        # its files are removed there and then
+        self.discard = discard
         self._just_created: tuple[st.StateDir, dict] | None = None
 
     # -- records --
@@ -112,7 +116,10 @@ class Runtime:
     # -- create --
     def create(self, container_id: str, bundle: str, *, pid_file: str | None = None,
                console_socket: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
-               stdio: tuple[int, int, int] | None = None) -> dict:
+               stdio: tuple[int, int, int] | None = None, start: bool = False) -> dict:
+        """`start`: create and start in one (the supervisor's run): when the config has no hooks, the init goes
+        on to its process as soon as it is ready, without the exec fifo's hand-over (one round trip between
+        two processes less); with hooks, or without `start`, it waits for `start` as runc's does."""
         from virtkit.container import spec as specmod
 
         st.check_id(container_id)
@@ -125,7 +132,8 @@ class Runtime:
         undo: builtins.list[Callable[[], None]] = [d.remove]
         try:
             return self._create(d, spec, bundle, undo, pid_file=pid_file, console_socket=console_socket,
-                                no_pivot=no_pivot, preserve_fds=preserve_fds, stdio=stdio)
+                                no_pivot=no_pivot, preserve_fds=preserve_fds, stdio=stdio,
+                                start=start and not spec.get("hooks"))
         except BaseException:
             for fn in reversed(undo):
                 try:
@@ -136,7 +144,7 @@ class Runtime:
 
     def _create(self, d: st.StateDir, spec: dict, bundle: str, undo: builtins.list[Callable[[], None]], *,
                 pid_file: str | None, console_socket: str | None, no_pivot: bool, preserve_fds: int,
-                stdio: tuple[int, int, int] | None) -> dict:
+                stdio: tuple[int, int, int] | None, start: bool) -> dict:
         from virtkit.container import hooks
         from virtkit.container import init as initmod
         from virtkit.container import namespaces as ns
@@ -147,9 +155,10 @@ class Runtime:
         cg.create()
         undo.append(lambda: _kill_and_destroy(cg))
         cg.apply(_resources(linux.get("resources"), linux.get("devices")))
-        os.mkfifo(d.fifo, 0o622)
-        # the umask took group/other write away; the container's root (maybe a mapped uid) must open it
-        os.chmod(d.fifo, 0o622)
+        if not start:
+            os.mkfifo(d.fifo, 0o622)
+            # the umask took group/other write away; the container's root (maybe a mapped uid) must open it
+            os.chmod(d.fifo, 0o622)
         rec: dict[str, Any] = {
             "ociVersion": spec.get("ociVersion", OCI_VERSION), "id": d.id, "status": "creating", "pid": 0,
             "bundle": bundle, "rootfs": spec["root"]["path"], "annotations": spec.get("annotations") or {},
@@ -158,7 +167,7 @@ class Runtime:
         }
         d.save(rec)
         hook_state = st.oci_state(rec, "creating")
-        fifo_fd = os.open(d.fifo, os.O_PATH | os.O_CLOEXEC)
+        fifo_fd = -1 if start else os.open(d.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, joins = ns.plan(spec)
         # imports and the seccomp program, made here as the host's root: after unshare(CLONE_NEWUSER) the
         # children may no longer read the Python library (e.g. under a 0700 /root)
@@ -187,7 +196,8 @@ class Runtime:
                 finally:
                     child.close()
         finally:
-            os.close(fifo_fd)
+            if fifo_fd >= 0:
+                os.close(fifo_fd)
             for _, fd in joins:
                 os.close(fd)
         s1_reaped = not s1
@@ -235,12 +245,13 @@ class Runtime:
                     ready = True
                 elif kind == "error":
                     _raise_child_error(msg)
-        rec.update(status="created", pid=s2, start_time=st.proc_start_time(s2))
+        status = "running" if start else "created"
+        rec.update(status=status, pid=s2, start_time=st.proc_start_time(s2))
         d.save(rec)
-        self._just_created = (d, rec)
+        self._just_created = None if start else (d, rec)
         if pid_file:
             _write_pid_file(pid_file, s2)
-        return st.oci_state(rec, "created")
+        return st.oci_state(rec, status)
 
     def _hand_to_spare(self, spec: dict, cg: Any, flags: int, joins: builtins.list[tuple[str, int]],
                        stdio: tuple[int, int, int], fifo_fd: int, bundle: str, console_socket: str | None,
@@ -264,7 +275,8 @@ class Runtime:
                    "console_socket": console_socket, "no_pivot": no_pivot, "hook_state": hook_state,
                    "seccomp": prog.hex() if prog is not None else None, "seccomp_flags": prog_flags}
         try:
-            spares.go(ch, message, [*stdio, fifo_fd, *(fd for _typ, fd in joins)])
+            message["fifo"] = fifo_fd >= 0
+            spares.go(ch, message, [*stdio, *([fifo_fd] if fifo_fd >= 0 else []), *(fd for _typ, fd in joins)])
         except OSError:
             # gone since it was made, or it cannot join: no harm done to the container, which forks instead
             ch.close()
@@ -348,7 +360,7 @@ class Runtime:
                 pass
             _wait_gone(pid, rec.get("start_time"), reap=rec.get("execs") or [])
         _kill_and_destroy(cg)
-        d.remove()
+        d.remove(self.discard)
         hooks.run_hooks((rec["spec"].get("hooks") or {}).get("poststop"),
                         st.oci_state(rec, "stopped"), "poststop", warn_only=True)
 

@@ -131,7 +131,8 @@ class Supervisor:
         io = ContainerIO(req["log"], self.run_dir, stdin=bool(req.get("stdin")), tty=bool(req.get("tty")))
         try:
             # the runtime dup2()s the child's ends onto the container's 0, 1, 2 (which clears O_CLOEXEC there only)
-            state = self.runtime.create(cid, bundle, stdio=io.child_stdio, console_socket=io.console_path)
+            state = self.runtime.create(cid, bundle, stdio=io.child_stdio, console_socket=io.console_path,
+                                        start=True)
         except BaseException:
             io.close()
             raise
@@ -148,7 +149,8 @@ class Supervisor:
         self.watched[pid] = {"id": cid, "exit_file": req["exit_file"], "cgroup": req.get("cgroup"), "io": io}
         self.stdio[cid] = io
         try:
-            self.runtime.start(cid)
+            if state["status"] != "running":    # its config has hooks: started apart, in their order
+                self.runtime.start(cid)
         except BaseException:
             self.watched.pop(pid, None)
             self._finish_io(cid, io)
@@ -201,12 +203,14 @@ class Supervisor:
                 continue
             # before the exit is recorded: whoever reads the log after seeing the exit reads all of it
             self._finish_io(info["id"], info["io"])
+            cg = None
             oom = False
             if info.get("cgroup"):
-                try:
-                    from virtkit.container.cgroups import manager_for
+                from virtkit.container.cgroups import manager_for
 
-                    oom = manager_for(info["cgroup"]).oom_killed()
+                cg = manager_for(info["cgroup"])
+                try:
+                    oom = cg.oom_killed()
                 except Exception:  # the cgroup may be gone already (force delete)
                     oom = False
             code, reason = describe_status(status, oom)
@@ -214,6 +218,13 @@ class Supervisor:
                 write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()})
             except OSError as exc:
                 print(f"supervisor: cannot record exit of {info['id']}: {exc}", file=sys.stderr, flush=True)
+            if cg is not None:
+                # its pid namespace ended with its init: the cgroup is empty, and goes now, while virtkitd reads
+                # the exit (the delete that follows finds it gone); one that is not empty is left to that delete
+                try:
+                    cg.remove_if_empty()
+                except OSError:
+                    pass
             if self.spares.short():
                 self.spares.fill()
 
