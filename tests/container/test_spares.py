@@ -146,7 +146,7 @@ def test_a_spare_not_ready_yet_is_not_waited_for():
     pool = Spares()
     ours, its = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)   # a spare that never reports
     pool.wanted.add(KIND)
-    pool.ready[KIND] = [[0, ours]]
+    pool.ready[KIND] = [[0, ours, None]]
     got: list = []
     t = threading.Thread(target=lambda: got.append(pool.take(KIND)), daemon=True)
     t.start()
@@ -163,3 +163,33 @@ def test_containers_spares_cannot_serve_fork_as_before(runtime, spares, cid, bun
     code, out = _run(runtime, cid, bundle, "sh", "-c", "echo $$")
     assert code == 0 and out != "1\n", out
     assert spares.ready[KIND][-1][0] == spare           # the spare was not used
+
+
+def test_a_spare_waits_in_a_cgroup_of_its_own_that_becomes_its_containers(runtime, spares, cid, bundle, uid):
+    from virtkit.container.cgroups import detect_version, manager_for
+
+    parent = f"/virtkit-test-{uid}"
+    spares.parents[KIND] = parent               # as after a first container of this kind asked for under it
+    pid = _ready(spares)
+    made = spares.ready[KIND][-1][2]
+    if detect_version() != 1:                   # v2 cannot rename a cgroup: the spare joins its container's
+        assert made is None
+        return
+    assert made.startswith(f"{parent}/.spare-") and pid in manager_for(made).pids()
+    bundle.args("sleep", "5").save()
+    state = runtime.create(cid, bundle.path, stdio=(0, 1, 2), start=True)
+    try:
+        assert state["pid"] == pid
+        assert pid in manager_for(f"{parent}/{cid}").pids()     # its cgroup, renamed: no mkdir, no move
+        assert not manager_for(made).exists()
+        assert spares.parents[KIND] == parent
+    finally:
+        runtime.kill(cid, 9)
+        while runtime.state(cid)["status"] != "stopped":
+            time.sleep(0.01)
+        runtime.delete(cid)
+    spares.fill()                               # the next one waits in a new cgroup of its own
+    again = spares.ready[KIND][-1][2]
+    assert again.startswith(f"{parent}/.spare-") and again != made
+    spares.close()                              # and goes with its spare
+    assert not manager_for(again).exists()

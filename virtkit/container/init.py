@@ -154,8 +154,9 @@ LATE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
 _MAX_GO = 1 << 22
 
 
-def spare_stage1(ch: _socket.socket, flags: int) -> NoReturn:
-    """Forked by the supervisor: make the spare's namespaces, fork its PID 1, report that pid, exit."""
+def spare_stage1(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn:
+    """Forked by the supervisor: join the spare's own cgroup if it has one, make its namespaces, fork its PID 1,
+    report that pid, exit."""
     gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
         keep = ch.fileno()
@@ -165,6 +166,10 @@ def spare_stage1(ch: _socket.socket, flags: int) -> NoReturn:
         # made while the supervisor is idle, but then virtkitd is busy ending the container that ran before:
         # a spare takes only CPU time nobody else wants until it is taken (spare_stage2 sets it back)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        if cgroup is not None:
+            from virtkit.container.cgroups import manager_for
+
+            manager_for(cgroup).add_pid(os.getpid())     # single-threaded: "0" into each hierarchy's tasks
         sc.unshare(flags)
         pid = os.fork()
         if pid == 0:
@@ -211,8 +216,10 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
             os.close(fds[i])
         from virtkit.container.cgroups import manager_for
 
-        # itself (v1: its one thread, without the threadgroup lock a move by pid takes), before its cgroup namespace
-        manager_for(msg["cgroup"]).add_pid(os.getpid())
+        # itself (v1: its one thread, without the threadgroup lock a move by pid takes), before its cgroup namespace;
+        # not when it waited in a cgroup of its own, which its taker renamed to the container's
+        if msg["join_cgroup"]:
+            manager_for(msg["cgroup"]).add_pid(os.getpid())
         set_oom_score_adj(spec["process"])
         fifo_fd = fds[3] if msg["fifo"] else -1
         if msg["join_net"]:

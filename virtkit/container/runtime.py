@@ -152,9 +152,8 @@ class Runtime:
         linux = spec.get("linux") or {}
         cg_path = linux.get("cgroupsPath") or f"/virtkit/{d.id}"
         cg = _cgroup(cg_path)
-        cg.create()
         undo.append(lambda: _kill_and_destroy(cg))
-        cg.apply(_resources(linux.get("resources"), linux.get("devices")))
+        resources = _resources(linux.get("resources"), linux.get("devices"))
         if not start:
             os.mkfifo(d.fifo, 0o622)
             # the umask took group/other write away; the container's root (maybe a mapped uid) must open it
@@ -175,9 +174,17 @@ class Runtime:
         s1 = s2 = 0
         try:
             parent = None
+            spare = None
             if self.spares is not None and stdio is not None and not preserve_fds:
-                handed = self._hand_to_spare(spec, cg, flags, joins, stdio, fifo_fd, bundle, console_socket,
-                                             no_pivot, hook_state)
+                spare = self._take_spare(flags, joins, cg)
+                if spare is not None:
+                    undo.append(spare[1].close)     # a spare not handed its container sees EOF and exits
+            if spare is None or not spare[2]:
+                cg.create()
+            cg.apply(resources)
+            if spare is not None and stdio is not None:
+                handed = self._hand_to_spare(spare, spec, cg, flags, joins, stdio, fifo_fd, bundle,
+                                             console_socket, no_pivot, hook_state)
                 if handed is not None:
                     s2, parent = handed
             if parent is None:
@@ -253,18 +260,31 @@ class Runtime:
             _write_pid_file(pid_file, s2)
         return st.oci_state(rec, status)
 
-    def _hand_to_spare(self, spec: dict, cg: Any, flags: int, joins: builtins.list[tuple[str, int]],
-                       stdio: tuple[int, int, int], fifo_fd: int, bundle: str, console_socket: str | None,
-                       no_pivot: bool, hook_state: dict) -> tuple[int, _socket.socket] | None:
-        """A spare's PID 1 made this container's (in its cgroup, told the rest: container/spares.py), or None
-        when there is no spare of its kind (the caller forks as usual)."""
+    def _take_spare(self, flags: int, joins: builtins.list[tuple[str, int]],
+                    cg: Any) -> tuple[int, _socket.socket, bool] | None:
+        """A spare for this container (its pid, its channel, and whether it is in the container's cgroup already:
+        the cgroup it waited in renamed to the container's), or None when there is none of its kind."""
         from virtkit.container import spares
 
         kind = spares.kind_of(flags, joins)
-        taken = self.spares.take(kind) if kind is not None else None
+        taken = self.spares.take(kind, cg.path.rsplit("/", 1)[0] or "/") if kind is not None else None
         if taken is None:
             return None
-        pid, ch = taken
+        pid, ch, made = taken
+        adopted = made is not None and cg.adopt(_cgroup(made))
+        if made is not None and not adopted:
+            self.spares.leftover.add(made)      # empty once the spare moves into the container's cgroup
+        return pid, ch, adopted
+
+    def _hand_to_spare(self, spare: tuple[int, _socket.socket, bool], spec: dict, cg: Any, flags: int,
+                       joins: builtins.list[tuple[str, int]], stdio: tuple[int, int, int], fifo_fd: int,
+                       bundle: str, console_socket: str | None, no_pivot: bool,
+                       hook_state: dict) -> tuple[int, _socket.socket] | None:
+        """The taken spare's PID 1 made this container's (in its cgroup, told the rest: container/spares.py), or
+        None when it has gone since it was made (the caller forks as usual)."""
+        from virtkit.container import spares
+
+        pid, ch, in_cgroup = spare
         seccomp = (spec.get("linux") or {}).get("seccomp")
         prog, prog_flags = (None, 0)
         if seccomp:
@@ -272,6 +292,7 @@ class Runtime:
 
             prog, prog_flags = seccomp_mod.compile_bpf(seccomp)
         message = {"spec": spec, "flags": flags, "join_net": bool(joins), "bundle": bundle, "cgroup": cg.path,
+                   "join_cgroup": not in_cgroup,
                    "console_socket": console_socket, "no_pivot": no_pivot, "hook_state": hook_state,
                    "seccomp": prog.hex() if prog is not None else None, "seccomp_flags": prog_flags}
         try:

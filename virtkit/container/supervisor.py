@@ -292,7 +292,7 @@ class Supervisor:
                 else:
                     self._serve_one(listener)
             self.reap()
-        self.spares.close()
+        self.spares.close(reap=not self.watched)
         listener.close()
         try:
             os.unlink(self.socket_path)

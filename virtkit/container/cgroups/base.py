@@ -157,6 +157,12 @@ class CgroupManager:
     def add_pid(self, pid: int) -> None:
         raise NotImplementedError
 
+    def adopt(self, made: CgroupManager) -> bool:
+        """Become `made`, a cgroup of the same parent made ahead of time (a spare's, with its process in it), by
+        renaming it to this one's name. False, with nothing changed, where cgroups cannot be renamed (v2 has no
+        rename) or the rename fails; the caller then makes this one as usual."""
+        return False
+
     def pids(self) -> list[int]:
         raise NotImplementedError
 

@@ -93,6 +93,25 @@ class V1Manager(CgroupManager):
                 if is_cpuset:
                     self._inherit_cpuset(parent, current)
 
+    def adopt(self, made: CgroupManager) -> bool:
+        if not isinstance(made, V1Manager) or os.path.dirname(made.path) != os.path.dirname(self.path) \
+                or made._trees != self._trees:
+            return False
+        done: list[tuple[str, str]] = []
+        try:
+            # a rename within one parent is what cgroup v1 allows; each hierarchy's dir keeps its settings
+            for (_base, src), (_same, dst) in zip(made._unique_dirs(), self._unique_dirs(), strict=True):
+                os.rename(src, dst)
+                done.append((src, dst))
+        except OSError:
+            for src, dst in reversed(done):
+                try:
+                    os.rename(dst, src)
+                except OSError:
+                    pass
+            return False
+        return True
+
     @staticmethod
     def _inherit_cpuset(parent: str, child: str) -> None:
         # A new v1 cpuset starts with no cpus and no mems, and then refuses every task (ENOSPC).
