@@ -165,6 +165,7 @@ class Context:
                     yield _frame(stream, data)
 
         f = None
+        released = False
         try:
             f = _open_log(path)
             if start is not None:
@@ -200,6 +201,10 @@ class Context:
                     yield from frames(decoder.feed(rest) + decoder.flush())
                     status = {"exit_code": cur.exit_code if cur else None,
                               "reason": cur.exit_reason if cur else "removed"}
+                    # an auto-remove instance goes before its exit is told: a caller that saw the exit finds
+                    # it gone (as `docker run --rm` returns after the removal), in this step of the stream
+                    released = True
+                    svc.release(inst.id)
                     yield _frame(FRAME_EXIT, json.dumps(status).encode())
                     break
                 if cancelled is not None and cancelled():
@@ -210,7 +215,8 @@ class Context:
             if f:
                 f.close()
             watch.close()
-            svc.release(inst.id)
+            if not released:
+                svc.release(inst.id)
 
 
 def _current(svc: Any, instance_id: str) -> Any:
