@@ -195,6 +195,7 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
         os.umask(0)
         if flags & sc.CLONE_NEWNET:
             _loopback_up()
+        rootfs.learn_cgroup_hierarchies()     # for its /sys/fs/cgroup, read now rather than once taken
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     try:

@@ -275,17 +275,25 @@ def _mount_cgroup(root_fd: int, dest: str, flags: int, ctx: dict[str, bool]) -> 
     """A tmpfs with one entry per host hierarchy: fresh cgroupfs in a cgroup namespace, else a bind of
     this container's own cgroup; always read-only."""
     flags |= sc.MS_RDONLY
-    hier = _cgroup_hierarchies()
-    own = _own_cgroups()
+    hier = cgroup_hierarchies()
+    own = {} if ctx["cgroupns"] else _own_cgroups()
     if len(hier) == 1 and hier[0][1] == "cgroup2" and hier[0][0] == "/sys/fs/cgroup":
         _cgroup_fs(root_fd, dest, "cgroup2", "", own.get(""), flags, ctx, "/sys/fs/cgroup")
         return
     _at(root_fd, dest, "dir", lambda p: sc.mount("tmpfs", p, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                                                  "mode=755", label=dest))
-    for mnt, fstype, opts in hier:
-        key = "" if fstype == "cgroup2" else opts
-        _cgroup_fs(root_fd, f"{dest}/{os.path.basename(mnt)}", fstype, opts, own.get(key), flags, ctx, mnt)
-    _at(root_fd, dest, None, lambda p: _remount(p, sc.MS_RDONLY))
+    # the tmpfs is new and only we write to it: its entries are made and opened by fd, no path resolution (the
+    # rootfs's own symlinks cannot reach in); ~0.5 ms less than resolving each one inside the rootfs
+    tmp = open_in_root(root_fd, dest)
+    try:
+        for mnt, fstype, opts in hier:
+            name = os.path.basename(mnt)
+            os.mkdir(name, 0o755, dir_fd=tmp)
+            _cgroup_fs_in(tmp, name, f"{dest}/{name}", fstype, opts, own.get("" if fstype == "cgroup2" else opts),
+                          flags, ctx, mnt)
+        _remount(sc.fd_path(tmp), sc.MS_RDONLY)
+    finally:
+        os.close(tmp)
 
 
 def _cgroup_fs(root_fd: int, dest: str, fstype: str, opts: str, own: str | None, flags: int,
@@ -302,7 +310,47 @@ def _cgroup_fs(root_fd: int, dest: str, fstype: str, opts: str, own: str | None,
     _at(root_fd, dest, None, lambda p: _remount(p, flags))
 
 
-def _cgroup_hierarchies() -> list[tuple[str, str, str]]:
+def _cgroup_fs_in(dir_fd: int, name: str, dest: str, fstype: str, opts: str, own: str | None, flags: int,
+                  ctx: dict[str, bool], host_mnt: str) -> None:
+    """_cgroup_fs on the directory `name` of dir_fd, a tmpfs of our own (opened by name: nothing to resolve)."""
+    def here() -> int:      # opened anew after a mount: a lookup by name enters what is mounted on it
+        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+    fd = here()
+    try:
+        if ctx["cgroupns"]:
+            try:
+                sc.mount("cgroup", sc.fd_path(fd), fstype, flags, opts or None, label=dest)
+                return
+            except SystemFailure:
+                if not ctx["userns"]:
+                    raise
+        src = host_mnt + (own if own and own != "/" and not ctx["cgroupns"] else "")
+        sc.mount(src, sc.fd_path(fd), None, sc.MS_BIND | sc.MS_REC, label=dest)
+    finally:
+        os.close(fd)
+    fd = here()
+    try:
+        _remount(sc.fd_path(fd), flags)
+    finally:
+        os.close(fd)
+
+
+_HIERARCHIES: list[tuple[str, str, str]] | None = None
+
+
+def learn_cgroup_hierarchies() -> None:
+    """Read the host's cgroup mounts now, for a mount of /sys/fs/cgroup later in this process (a spare reads them
+    while it waits: they change only if the host remounts its cgroup hierarchies)."""
+    global _HIERARCHIES
+    _HIERARCHIES = _read_cgroup_hierarchies()
+
+
+def cgroup_hierarchies() -> list[tuple[str, str, str]]:
+    return _HIERARCHIES if _HIERARCHIES is not None else _read_cgroup_hierarchies()
+
+
+def _read_cgroup_hierarchies() -> list[tuple[str, str, str]]:
     """(mount point, fs type, controller options) of the cgroup mounts under /sys/fs/cgroup."""
     out = []
     with open("/proc/self/mountinfo") as f:
