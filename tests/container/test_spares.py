@@ -193,3 +193,18 @@ def test_a_spare_waits_in_a_cgroup_of_its_own_that_becomes_its_containers(runtim
     assert again.startswith(f"{parent}/.spare-") and again != made
     spares.close()                              # and goes with its spare
     assert not manager_for(again).exists()
+
+
+def test_spare_cgroups_an_earlier_supervisor_left_are_removed(spares, uid):
+    from virtkit.container.cgroups import detect_version, manager_for
+
+    if detect_version() != 1:                   # v2: spares have no cgroups of their own, nothing can be left
+        return
+    parent = f"/virtkit-test-{uid}"
+    stale = manager_for(f"{parent}/.spare-0123456789ab")    # as a killed supervisor's spare leaves it
+    stale.create()
+    spares.parents[KIND] = parent
+    _ready(spares)
+    spares.close()
+    assert not stale.exists()
+    assert not manager_for(parent).exists()     # nothing of ours is left in the parent: it went too

@@ -48,6 +48,7 @@ class Spares:
         self.wanted: set[int] = set()
         self.parents: dict[int, str] = {}     # kind -> the parent cgroup its containers were last asked under
         self.leftover: set[str] = set()       # cgroups of spares dropped or moved out: removed once empty
+        self._swept: set[str] = set()         # parents looked through for an earlier supervisor's spare cgroups
 
     def take(self, kind: int, cgroup_parent: str | None = None) -> tuple[int, _socket.socket, str | None] | None:
         """A spare of this kind (its pid, its channel and the cgroup it waits in, or None when it has none of
@@ -105,6 +106,11 @@ class Spares:
         parent = self.parents.get(kind)
         if parent is None:
             return None
+        if parent not in self._swept:
+            # spares' cgroups an earlier supervisor of this home left (it was killed: its spares exited, their
+            # cgroups stayed): removed once empty, as this one's own leftovers
+            self._swept.add(parent)
+            self.leftover.update(f"{parent}/{n}" for n in _cgroup(parent).children() if n.startswith(".spare-"))
         path = f"{parent}/.spare-{os.urandom(6).hex()}"
         cg = _cgroup(path)
         if cg.version != 1:

@@ -157,6 +157,17 @@ class CgroupManager:
     def add_pid(self, pid: int) -> None:
         raise NotImplementedError
 
+    def children(self) -> list[str]:
+        """Names of the cgroups right below this one (none when it does not exist)."""
+        try:
+            with os.scandir(self._first_dir()) as it:
+                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+
+    def _first_dir(self) -> str:
+        raise NotImplementedError
+
     def adopt(self, made: CgroupManager) -> bool:
         """Become `made`, a cgroup of the same parent made ahead of time (a spare's, with its process in it), by
         renaming it to this one's name. False, with nothing changed, where cgroups cannot be renamed (v2 has no

@@ -74,6 +74,9 @@ class V1Manager(CgroupManager):
     def exists(self) -> bool:
         return any(os.path.isdir(d) for _b, d in self._unique_dirs())
 
+    def _first_dir(self) -> str:
+        return self._trees[0] + self.path if self._trees else self.root + self.path
+
     def create(self) -> None:
         if not self._hierarchies:
             raise Unsupported(f"cgroup v1: no controller hierarchies found under {self.root}")

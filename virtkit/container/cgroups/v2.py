@@ -36,6 +36,9 @@ class V2Manager(CgroupManager):
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
 
+    def _first_dir(self) -> str:
+        return self.dir
+
     def create(self) -> None:
         current = self.root
         for part in self.path.strip("/").split("/"):
