@@ -148,6 +148,9 @@ class InstanceService:
             id=secrets.token_hex(16), name=name, type=itype, state=S.CREATED.value, image=image.name,
             spec=spec, created_at=time.time(),
         )
+        for hook in self.hooks:                     # what only fills in the spec: stored with it
+            if hasattr(hook, "annotate"):
+                hook.annotate(inst)
         self.store.add_instance(inst)               # AlreadyExists for a duplicate name, nothing made yet
         drv = self.drivers[itype]
         undo: list[Any] = []

@@ -14,7 +14,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,11 +113,10 @@ class SnapshotService:
             self.store.delete_snapshot(inst.id, snap.name)
             self.files.remove(inst.id, snap.name)
 
-    def prepare(self, instance: Instance) -> Callable[[], None]:
-        """Hook: record which image (by digest) the instance is made from. Its name may later go to another
-        image; publish must build on the layers the instance really runs on."""
+    def annotate(self, instance: Instance) -> None:
+        """Hook, before the instance is stored: record which image (by digest) it is made from. Its name may
+        later go to another image; publish must build on the layers the instance really runs on."""
         instance.spec["image_digest"] = self.images.get(instance.image).digest
-        return lambda: None
 
     def removed(self, instance: Instance) -> None:
         """Hook: the instance is gone; so are its snapshots (their rows went with it: the store's contract)."""

@@ -61,7 +61,8 @@ class SQLiteStore:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection for instance rows (autocommit; writes in _tx), back to the idle ones after use."""
+        """A connection for instance rows, back to the idle ones after use; autocommit, each write one statement
+        (its own transaction)."""
         try:
             conn = self._idle.pop()
         except IndexError:
@@ -71,21 +72,10 @@ class SQLiteStore:
         try:
             yield conn
         finally:
-            if conn.in_transaction:     # a failed COMMIT or ROLLBACK: not fit for the next caller
+            if conn.in_transaction:     # a statement left unfinished: not fit for the next caller
                 conn.close()
             else:
                 self._idle.append(conn)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._db() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
     def schema_version(self) -> int:
         return self._version
@@ -96,7 +86,7 @@ class SQLiteStore:
         cols = ", ".join(_COLUMNS)
         params = ", ".join(f":{c}" for c in _COLUMNS)
         try:
-            with self._tx() as conn:
+            with self._db() as conn:    # one statement: its own transaction (autocommit)
                 conn.execute(f"INSERT INTO instances ({cols}) VALUES ({params})", values)
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"an instance named '{instance.name}' already exists") from exc
@@ -126,23 +116,24 @@ class SQLiteStore:
         if "spec" in fields:
             fields["spec"] = json.dumps(fields["spec"])
         assignments = ", ".join(f"{k} = :{k}" for k in fields)
-        with self._tx() as conn:
+        with self._db() as conn:
             if fields:
+                # one statement, its own transaction (autocommit), that gives back the row as it left it
                 try:
-                    cur = conn.execute(f"UPDATE instances SET {assignments} WHERE id = :_id",
-                                       {**fields, "_id": instance_id})
+                    rows = conn.execute(f"UPDATE instances SET {assignments} WHERE id = :_id RETURNING *",
+                                        {**fields, "_id": instance_id}).fetchall()    # all: done, committed
+                    row = rows[0] if rows else None
                 except sqlite3.IntegrityError as exc:     # a rename onto a name taken meanwhile
                     raise AlreadyExists(f"name: '{fields.get('name')}' is already in use by another "
                                         "instance") from exc
-                if cur.rowcount == 0:
-                    raise NotFound(f"instance id '{instance_id}' not found")
-            row = conn.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+            else:
+                row = conn.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
         if row is None:
             raise NotFound(f"instance id '{instance_id}' not found")
         return _row_to_instance(row)
 
     def delete_instance(self, instance_id: str) -> None:
-        with self._tx() as conn:
+        with self._db() as conn:
             conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     # -- volumes --------------------------------------------------------------------------------------
