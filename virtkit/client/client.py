@@ -161,13 +161,20 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI, SchedAPI):
     def _read_frames(chunks: Iterator[bytes], output: Callable[[bytes], None] | None,
                      error_output: Callable[[bytes], None] | None = None) -> dict[str, Any]:
         status: dict[str, Any] = {"exit_code": None, "reason": "stream ended"}
-        for kind, data in _frames(chunks):
-            if kind == FRAME_STDOUT and output:
-                output(data)
-            elif kind == FRAME_STDERR and (sink := error_output or output):
-                sink(data)
-            elif kind == FRAME_EXIT:
-                status = json.loads(data)
+        try:
+            for kind, data in _frames(chunks):
+                if kind == FRAME_STDOUT and output:
+                    output(data)
+                elif kind == FRAME_STDERR and (sink := error_output or output):
+                    sink(data)
+                elif kind == FRAME_EXIT:
+                    # the last frame, sent once all is done (an auto-remove instance is gone by then): the end of
+                    # the stream, one more step of the daemon's away, is not waited for
+                    return dict(json.loads(data))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()             # the connection goes now, not when the generator is collected
         return status
 
     def start(self, name: str) -> dict[str, Any]:
