@@ -3,6 +3,8 @@
 The `virtkit-runtime` command and the virtkit supervisor both drive this class. Process model as runc's:
 create forks stage 1, which makes the namespaces and forks stage 2 (the container's PID 1) and exits;
 stage 2 reports "ready" over a sync socket and blocks on <root>/<id>/exec.fifo until `start` opens it.
+The supervisor's variations: a spare (container/spares.py) is a stage 2 made ahead of time, and its create
+and start are one step (create(start=True): no fifo, the process follows "ready" at once; not with hooks).
 """
 
 from __future__ import annotations

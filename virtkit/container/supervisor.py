@@ -15,6 +15,7 @@ The container's stdout and stderr are pipes (or its terminal) that the superviso
 records (container/logfile.py, container/stdio.py): the two streams apart, in the order they were read. When a
 container's init exits, the supervisor copies what is left in its pipes, then writes exit_file atomically:
   {"code": N, "reason": "exited"|"killed by SIGx"|"oom-killed", "finished_at": T}
+and then removes the container's cgroup, empty now (its pid namespace ended with its init).
 The reply names the supervisor (pid and start time): virtkitd finds a container whose supervisor died while it ran
 (nothing will record its exit) by checking that process, and records it itself (see ContainerDriver).
 """
