@@ -390,9 +390,10 @@ class Runtime:
     def run(self, container_id: str, bundle: str, **kw: Any) -> int:
         """create + start + wait + delete; this process becomes a subreaper to wait for the init."""
         _set_subreaper()
-        state = self.create(container_id, bundle, **kw)
+        state = self.create(container_id, bundle, start=True, **kw)   # one step where the config has no hooks
         try:
-            self.start(container_id)
+            if state["status"] != "running":
+                self.start(container_id)
             while True:
                 try:
                     _, status = os.waitpid(state["pid"], 0)
