@@ -7,12 +7,15 @@ written in order); virtkit always puts "deny all" and DEFAULT_ALLOW_RULES before
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 
 from virtkit.core.errors import InvalidArgument, SystemFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
 
 _F = "linux.resources.devices"
 
@@ -184,6 +187,8 @@ _libc: ctypes.CDLL | None = None
 
 
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
+    import ctypes  # here: only cgroup v2 hosts load device programs (ctypes costs ~2 ms of a runtime start)
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -195,6 +200,8 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
 
 
 def _attached_ids(cgroup_fd: int) -> list[int]:
+    import ctypes
+
     ids = (ctypes.c_uint32 * 64)()
     attr = ctypes.create_string_buffer(128)
     struct.pack_into("<IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0, ctypes.addressof(ids), 64)
@@ -205,6 +212,8 @@ def _attached_ids(cgroup_fd: int) -> list[int]:
 
 def attach_v2(cgroup_dir: str, rules: list[dict]) -> None:
     """Load the rules as a device program and make it the only one on `cgroup_dir`."""
+    import ctypes
+
     code = build_program(rules)
     insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(b"GPL")
@@ -240,6 +249,8 @@ def attach_v2(cgroup_dir: str, rules: list[dict]) -> None:
 
 
 def _detach_id(cg_fd: int, prog_id: int) -> None:
+    import ctypes
+
     attr = ctypes.create_string_buffer(128)
     struct.pack_into("<I", attr, 0, prog_id)
     try:
