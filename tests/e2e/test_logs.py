@@ -28,6 +28,19 @@ def test_run_writes_stdout_and_stderr_to_ours(vk_home, client):
     assert (r.returncode, r.stdout, r.stderr) == (3, b"to-out\n", b"to-err\n")
 
 
+def test_sdk_run_streams_output_as_it_comes_and_a_quick_one_whole(vk_home, client):
+    got: list[tuple[float, bytes]] = []
+    t0 = time.monotonic()
+    st = client.run("busybox", ["sh", "-c", "echo first; sleep 1; echo second"], auto_remove=True,
+                    output=lambda b: got.append((time.monotonic() - t0, b)))
+    end = time.monotonic() - t0
+    assert st["exit_code"] == 0 and b"".join(b for _t, b in got) == b"first\nsecond\n"
+    assert got[0][1] == b"first\n" and end - got[0][0] > 0.7, got    # not held back until the end
+    out: list[bytes] = []
+    st = client.run("busybox", ["sh", "-c", "echo a; echo b >&2; exit 4"], auto_remove=True, output=out.append)
+    assert (st["exit_code"], b"".join(out)) == (4, b"a\nb\n")
+
+
 def test_logs_keeps_streams_apart_in_order_with_tail(vk_home, client, name):
     client.run("busybox", ["sh", "-c", SCRIPT + "sleep 600"], detach=True, name=name)
     _wait_for(client, name, b"no-newline")
