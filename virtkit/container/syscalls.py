@@ -8,13 +8,13 @@ happens inside a container's setup reads like "mount proc on /proc: Permission d
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from virtkit.container import _linux
 from virtkit.core.errors import SystemFailure
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # collections.abc imports collections: ~2.5 ms of every runtime start
+    from collections.abc import Callable
     from typing import Any
 
 # clone/unshare flags (linux/sched.h)
