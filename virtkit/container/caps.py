@@ -30,13 +30,20 @@ def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
     sc.prctl(option, arg2, arg3, label=f"capabilities: prctl({option}, {arg2}) failed")
 
 
+_LAST_CAP: list[int] = []
+
+
 def last_cap() -> int:
-    """The highest capability this kernel knows; newer names above it are skipped, not failed."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return max(CAPS.values())
+    """The highest capability this kernel knows; newer names above it are skipped, not failed. Read once per
+    process (it is the running kernel's: it cannot change), so a container's init, forked from a process that
+    read it, does not read it again after pivot_root."""
+    if not _LAST_CAP:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _LAST_CAP.append(int(f.read()))
+        except (OSError, ValueError):
+            return max(CAPS.values())   # not kept: a container without /proc reads the real one once it has it
+    return _LAST_CAP[0]
 
 
 def validate(capabilities: dict | None) -> None:

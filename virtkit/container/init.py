@@ -63,8 +63,10 @@ console: Any = None
 
 
 def preload(spec: dict) -> None:
-    """Import what runs after pivot_root/setns now, while the host's library is still reachable."""
+    """Import what runs after pivot_root/setns now, while the host's library is still reachable (and read what
+    does not change: the kernel's last capability)."""
     global console
+    capsmod.last_cap()
     if (spec.get("process") or {}).get("terminal") and console is None:
         from virtkit.container import console as console_module
 
@@ -196,6 +198,7 @@ def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
         if flags & sc.CLONE_NEWNET:
             _loopback_up()
         rootfs.learn_cgroup_hierarchies()     # for its /sys/fs/cgroup, read now rather than once taken
+        capsmod.last_cap()
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     try:
