@@ -167,6 +167,20 @@ def test_file_changes_stay_in_the_instance(vk_home, client, name):
     client.remove(name, force=True)
 
 
+def test_a_started_container_writes_nothing_of_its_own_until_it_does(vk_home, client, name):
+    """/etc/hosts and /etc/hostname are mounted over placeholders of the home's init layer: nothing is made in
+    the container's writable layer to start it (nor published with it later)."""
+    from virtkit.config import Home
+
+    client.run("busybox", ["sleep", "600"], detach=True, name=name)
+    upper = os.path.join(Home.from_env(vk_home).instance_dir(client.instance(name)["id"]), "upper")
+    assert os.listdir(upper) == []
+    assert client.exec(name, ["cat", "/etc/hostname"]).stdout == f"{name}\n".encode()
+    assert client.exec(name, ["sh", "-c", "echo x > /etc/hosts"]).exit_code != 0     # read-only, as before
+    assert os.listdir(upper) == []
+    client.remove(name, force=True)
+
+
 def test_exec_with_a_terminal(vk_home, client, name):
     client.run("busybox", ["sleep", "600"], detach=True, name=name)
     out: list[bytes] = []

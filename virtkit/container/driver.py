@@ -28,6 +28,8 @@ class ContainerDriver:
         self.images = images
         self._runtime: Any = None
         self._lost_lock = threading.Lock()
+        self._init_layer: str | None = None
+        self._init_fits: dict[tuple[str, ...], bool] = {}   # an image's layers (immutable) -> initlayer.fits
         from virtkit.storage.trash import Trash
 
         self.trash = Trash(home.trash)
@@ -76,6 +78,7 @@ class ContainerDriver:
         lowerdirs = [str(p) for p in self.images.layer_paths(instance.image)]
         # overlayfs takes the top-most lowerdir first; the store lists lowest first
         lowerdirs.reverse()
+        lowerdirs = self._with_init_layer(lowerdirs)
         idir = self._dir(instance)
         hostname = instance.spec.get("hostname") or instance.name
         config = build_config(
@@ -87,6 +90,20 @@ class ContainerDriver:
         except OSError as exc:
             shutil.rmtree(idir, ignore_errors=True)
             raise SystemFailure(f"cannot write bundle for '{instance.name}': {exc}") from exc
+
+    def _with_init_layer(self, lowerdirs: list[str]) -> list[str]:
+        """The image's layers under the home's init layer (container/initlayer.py), where the image allows it."""
+        from virtkit.container import initlayer
+
+        key = tuple(lowerdirs)
+        fits = self._init_fits.get(key)
+        if fits is None:
+            fits = self._init_fits[key] = initlayer.fits(lowerdirs)
+        if not fits:
+            return lowerdirs
+        if self._init_layer is None:
+            self._init_layer = initlayer.ensure(os.path.join(self.home.root, initlayer.NAME))
+        return [self._init_layer, *lowerdirs]
 
     # The home's cgroup (its instances' parent) is held while virtkitd runs by an empty child: each instance's
     # removal then leaves the parent, and the next start need not make it again (on cgroup v1 a mkdir and an
