@@ -274,8 +274,8 @@ class Supervisor:
             f.write(str(os.getpid()))
         self.reap()
         while not stop and not self.stopping:
-            # spares are made right after an exit is recorded (what follows is virtkitd's work), or once nothing
-            # has happened for 20 ms: not while a container starts
+            # spares are made right after a run is answered (while its container runs), after an exit is recorded
+            # if one is still missing, or once nothing has happened for 20 ms: never while a container starts
             events = sel.select(timeout=0.02 if self.spares.short() else 1.0)
             if not events and self.spares.short():
                 self.spares.fill()
@@ -322,6 +322,8 @@ class Supervisor:
                     socket.send_fds(conn, [data], [fd])
             except OSError:
                 pass
+        if self.spares.short():     # the one a run took, made again while that container runs
+            self.spares.fill()
 
 
 def _recv_line(sock: socket.socket) -> bytes:
