@@ -18,6 +18,7 @@ from virtkit.core.errors import InvalidArgument, SystemFailure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
+    from collections.abc import Callable
     from typing import Any
 
 OVERLAY_ANNOTATION = "org.virtkit.rootfs.overlay"
@@ -271,6 +272,11 @@ def _bind(root_fd: int, m: dict, bundle: str, flags: int, prop: list[int]) -> No
     _propagate(root_fd, dest, prop)
 
 
+def _opener_in(dir_fd: int, name: str) -> Callable[[], int]:
+    """Opens `name` in dir_fd, a directory of our own (a tmpfs we mounted): nothing to resolve."""
+    return lambda: os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
 def _mount_cgroup(root_fd: int, dest: str, flags: int, ctx: dict[str, bool]) -> None:
     """A tmpfs with one entry per host hierarchy: fresh cgroupfs in a cgroup namespace, else a bind of
     this container's own cgroup; always read-only."""
@@ -278,7 +284,8 @@ def _mount_cgroup(root_fd: int, dest: str, flags: int, ctx: dict[str, bool]) -> 
     hier = cgroup_hierarchies()
     own = {} if ctx["cgroupns"] else _own_cgroups()
     if len(hier) == 1 and hier[0][1] == "cgroup2" and hier[0][0] == "/sys/fs/cgroup":
-        _cgroup_fs(root_fd, dest, "cgroup2", "", own.get(""), flags, ctx, "/sys/fs/cgroup")
+        _cgroup_fs(lambda: open_in_root(root_fd, dest, create="dir"), dest, "cgroup2", "", own.get(""), flags, ctx,
+                   "/sys/fs/cgroup")
         return
     _at(root_fd, dest, "dir", lambda p: sc.mount("tmpfs", p, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                                                  "mode=755", label=dest))
@@ -289,34 +296,20 @@ def _mount_cgroup(root_fd: int, dest: str, flags: int, ctx: dict[str, bool]) -> 
         for mnt, fstype, opts in hier:
             name = os.path.basename(mnt)
             os.mkdir(name, 0o755, dir_fd=tmp)
-            _cgroup_fs_in(tmp, name, f"{dest}/{name}", fstype, opts, own.get("" if fstype == "cgroup2" else opts),
-                          flags, ctx, mnt)
+            _cgroup_fs(_opener_in(tmp, name), f"{dest}/{name}", fstype, opts,
+                       own.get("" if fstype == "cgroup2" else opts), flags, ctx, mnt)
         _remount(sc.fd_path(tmp), sc.MS_RDONLY)
     finally:
         os.close(tmp)
 
 
-def _cgroup_fs(root_fd: int, dest: str, fstype: str, opts: str, own: str | None, flags: int,
+def _cgroup_fs(opener: Callable[[], int], dest: str, fstype: str, opts: str, own: str | None, flags: int,
                ctx: dict[str, bool], host_mnt: str) -> None:
-    if ctx["cgroupns"]:
-        try:
-            _at(root_fd, dest, "dir", lambda p: sc.mount("cgroup", p, fstype, flags, opts or None, label=dest))
-            return
-        except SystemFailure:
-            if not ctx["userns"]:
-                raise
-    src = host_mnt + (own if own and own != "/" and not ctx["cgroupns"] else "")
-    _at(root_fd, dest, "dir", lambda p: sc.mount(src, p, None, sc.MS_BIND | sc.MS_REC, label=dest))
-    _at(root_fd, dest, None, lambda p: _remount(p, flags))
-
-
-def _cgroup_fs_in(dir_fd: int, name: str, dest: str, fstype: str, opts: str, own: str | None, flags: int,
-                  ctx: dict[str, bool], host_mnt: str) -> None:
-    """_cgroup_fs on the directory `name` of dir_fd, a tmpfs of our own (opened by name: nothing to resolve)."""
-    def here() -> int:      # opened anew after a mount: a lookup by name enters what is mounted on it
-        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-
-    fd = here()
+    """A cgroup hierarchy on the directory `opener()` gives (an O_PATH fd, resolved anew at each call: after a
+    mount it enters what is mounted there; `dest` names it in errors): a fresh cgroupfs in a cgroup namespace
+    (where the kernel allows it), else a read-only bind of the host's (of this process's own cgroup in it
+    without a cgroup namespace)."""
+    fd = opener()
     try:
         if ctx["cgroupns"]:
             try:
@@ -329,7 +322,7 @@ def _cgroup_fs_in(dir_fd: int, name: str, dest: str, fstype: str, opts: str, own
         sc.mount(src, sc.fd_path(fd), None, sc.MS_BIND | sc.MS_REC, label=dest)
     finally:
         os.close(fd)
-    fd = here()
+    fd = opener()
     try:
         _remount(sc.fd_path(fd), flags)
     finally:

@@ -269,7 +269,7 @@ class Runtime:
         from virtkit.container import spares
 
         kind = spares.kind_of(flags, joins)
-        taken = self.spares.take(kind, cg.path.rsplit("/", 1)[0] or "/") if kind is not None else None
+        taken = self.spares.take(kind, os.path.dirname(cg.path)) if kind is not None else None
         if taken is None:
             return None
         pid, ch, made = taken
