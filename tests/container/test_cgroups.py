@@ -288,6 +288,28 @@ def test_v1_lifecycle(v1_cgroup):
 
 @pytest.mark.root
 @needs_root
+@pytest.mark.parametrize("when", ["before_freeze", "while_frozen"])
+def test_v1_kill_all_of_a_cgroup_its_owner_removes_meanwhile(v1_cgroup, when):
+    """The supervisor removes a container's cgroup once its last process exits; a force-remove killing it at that
+    moment finds the cgroup gone between its own freeze and thaw, and that is a kill done, not an error."""
+    pid = _spawn(v1_cgroup, "import time; time.sleep(30)")
+    freeze = v1_cgroup.freeze
+
+    def exit_and_owner_removes(timeout: float = 5.0) -> None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert v1_cgroup.wait_empty(5.0)
+        if when == "while_frozen":
+            freeze(timeout)
+        assert v1_cgroup.remove_if_empty() is True
+
+    v1_cgroup.freeze = exit_and_owner_removes      # type: ignore[method-assign]
+    v1_cgroup.kill_all(signal.SIGKILL)
+    assert not v1_cgroup.exists()
+
+
+@pytest.mark.root
+@needs_root
 def test_v1_destroy_refuses_while_busy(v1_cgroup):
     from virtkit.core.errors import InvalidState
     pid = _spawn(v1_cgroup, "import time; time.sleep(30)")

@@ -7,7 +7,7 @@ import errno
 import os
 import time
 
-from virtkit.core.errors import InvalidArgument, InvalidState, SystemFailure
+from virtkit.core.errors import InvalidArgument, InvalidState, SystemFailure, Unsupported
 
 # How often state is polled while waiting for the kernel (freeze, emptying before rmdir).
 POLL_INTERVAL = 0.005
@@ -230,16 +230,26 @@ class CgroupManager:
         if sig == signal.SIGKILL and self._can_freeze():
             try:
                 self.freeze(timeout=KILL_FREEZE_TIMEOUT)
-            except SystemFailure:
+            except (OSError, SystemFailure, Unsupported):
+                if self.gone():
+                    return      # its last process exited and its owner removed it meanwhile: nothing to kill
                 # a task asleep in the kernel cannot freeze (e.g. one waiting at its memory limit with the OOM
                 # killer disabled); SIGKILL still wakes it, so kill unfrozen rather than not at all
-                pass
             try:
                 self._signal_each(sig)
             finally:
-                self.thaw()
+                try:
+                    self.thaw()
+                except (OSError, SystemFailure, Unsupported):
+                    if not self.gone():
+                        raise
         else:
             self._signal_each(sig)
+
+    def gone(self) -> bool:
+        """True once the cgroup no longer exists. Whoever supervises a container removes its cgroup as soon as
+        the last process has exited, so a kill may find the cgroup gone between two of its own steps."""
+        return not self.exists()
 
     def _can_freeze(self) -> bool:
         return False

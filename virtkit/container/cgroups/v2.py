@@ -167,7 +167,11 @@ class V2Manager(CgroupManager):
     def kill_all(self, sig: int) -> None:
         kill_file = os.path.join(self.dir, "cgroup.kill")
         if sig == signal.SIGKILL and os.path.exists(kill_file):
-            write_file(kill_file, 1)
+            try:
+                write_file(kill_file, 1)
+            except SystemFailure:
+                if not self.gone():
+                    raise       # else emptied and removed meanwhile: nothing left to kill
         else:
             super().kill_all(sig)
 
