@@ -53,6 +53,22 @@ def test_kill_9_daemon_keeps_containers_and_records_exits(vk_home, client, name)
     assert r.returncode == 0, r.stderr
 
 
+def test_shutdown_returns_once_the_daemon_is_gone(vk_home, client, name):
+    """`virtkit system shutdown` and at once the next command: it meets a new virtkitd, not the one stopping
+    (which refused to start a second daemon on its lock, or dropped the connection unanswered)."""
+    h = Home.from_env(vk_home)
+    client.run("busybox", ["sleep", "600"], detach=True, name=name)
+    daemon = _pid_from(os.path.join(h.run_dir, "virtkitd.pid"))
+    r = vk(vk_home, "system", "shutdown")
+    assert r.returncode == 0, r.stderr
+    assert not _alive(daemon)
+    r = vk(vk_home, "list", "--json")                 # starts a new one
+    assert r.returncode == 0 and f'"{name}"'.encode() in r.stdout, r.stderr
+    assert _pid_from(os.path.join(h.run_dir, "virtkitd.pid")) != daemon
+    assert connect(vk_home).instance(name)["state"] == "running"
+    assert vk(vk_home, "rm", "-f", name).returncode == 0
+
+
 def _wait_stopped(client, name: str, timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while client.instance(name)["state"] != "stopped" and time.monotonic() < deadline:

@@ -247,9 +247,6 @@ def test_restart_keeps_leases(vk_home, client, name, cleanup):
                                      "sh", "-c", HTTPD))
     before = _addr(vk_home, net["name"], name)
     client.shutdown()
-    import time
-
-    time.sleep(1)
     c2 = connect(vk_home)
     assert c2.network(net["name"])["instances"] == [{"name": name, "address": before, "mac": _mac(before)}]
     r = _sh(vk_home, net["name"], f"ip -o -4 addr show eth0; wget -qO- http://{name}/")
@@ -387,9 +384,6 @@ def test_host_port_conflicts(vk_home, client, name, cleanup):
     assert vk(vk_home, "start", name).returncode == 0
     assert _http(f"http://127.0.0.1:{port}/", wait=10) == f"hello-{name}\n"
     client.shutdown()                                      # a new virtkitd takes the running one's port again
-    import time
-
-    time.sleep(1)
     r = vk(vk_home, "run", "-d", "--network", net["name"], "-p", f"{port}:80", "busybox", "--", "true")
     assert r.returncode == 1 and f"allocated to instance '{name}'".encode() in r.stderr, r.stderr
     with socket.socket() as s, pytest.raises(OSError):

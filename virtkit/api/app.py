@@ -153,7 +153,7 @@ def create_app(ctx: Context) -> FastAPI:
     @app.post("/v1/system/shutdown")
     async def shutdown() -> dict[str, Any]:
         asyncio.get_running_loop().call_later(0.1, ctx.request_shutdown)
-        return {"shutting_down": True}
+        return {"shutting_down": True, "pid": os.getpid()}     # the client waits for it to exit
 
     return app
 

@@ -89,8 +89,17 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI, SchedAPI):
     def info(self) -> dict[str, Any]:
         return self.t.request("GET", "/v1/info")  # type: ignore[no-any-return]
 
-    def shutdown(self) -> None:
-        self.t.request("POST", "/v1/system/shutdown")
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop virtkitd (its instances keep running). Returns once it has exited, so that the next call starts
+        a new one rather than reaching the one still stopping (which would refuse it, or drop it unanswered)."""
+        from virtkit.core.errors import SystemFailure
+
+        pid = (self.t.request("POST", "/v1/system/shutdown") or {}).get("pid")
+        deadline = time.monotonic() + timeout
+        while pid and _alive(int(pid)):
+            if time.monotonic() > deadline:
+                raise SystemFailure(f"virtkitd (pid {pid}) did not stop within {timeout:g}s")
+            time.sleep(0.01)
 
     def ksm(self, enabled: bool | None = None) -> dict[str, Any]:
         """KSM for the whole host: its status, after turning it on or off when `enabled` is given."""
@@ -248,6 +257,15 @@ class Client(ImagesAPI, VolumesAPI, SnapshotsAPI, NetworksAPI, SchedAPI):
 
         return exec_session(self.socket_path, name, command, env=env or [], tty=tty, stdin=stdin, size=size,
                             on_stdout=on_stdout, on_stderr=on_stderr, on_session=on_session)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not: the daemon this process started is its child)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def _frames(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
