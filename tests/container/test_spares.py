@@ -153,7 +153,7 @@ def test_a_spare_not_ready_yet_is_not_waited_for():
     pool = Spares()
     ours, its = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)   # a spare that never reports
     pool.wanted.add(KIND)
-    pool.ready[KIND] = [[0, ours, None]]
+    pool.ready[KIND] = [[0, ours, None, False]]
     got: list = []
     t = threading.Thread(target=lambda: got.append(pool.take(KIND)), daemon=True)
     t.start()

@@ -156,9 +156,10 @@ LATE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
 _MAX_GO = 1 << 22
 
 
-def spare_stage1(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn:
-    """Forked by the supervisor: join the spare's own cgroup if it has one, make its namespaces, fork its PID 1,
-    report that pid, exit."""
+def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn:
+    """A spare's PID 1, forked by the supervisor straight into a new pid namespace (namespaces.fork_pid1): join
+    the spare's own cgroup if it has one, make its other namespaces, report, then wait to be taken ("go": the
+    container's spec, options and fds) and go on as stage2. It exits when its supervisor goes away (EOF)."""
     gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
         keep = ch.fileno()
@@ -166,35 +167,26 @@ def spare_stage1(ch: _socket.socket, flags: int, cgroup: str | None = None) -> N
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 20)
         # made while the supervisor is idle, but then virtkitd is busy ending the container that ran before:
-        # a spare takes only CPU time nobody else wants until it is taken (spare_stage2 sets it back)
+        # a spare takes only CPU time nobody else wants until it is taken (set back once it is)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
         if cgroup is not None:
             from virtkit.container.cgroups import manager_for
 
             manager_for(cgroup).add_pid(os.getpid())     # single-threaded: "0" into each hierarchy's tasks
-        sc.unshare(flags)
-        pid = os.fork()
-        if pid == 0:
-            spare_stage2(ch, flags)
-    except BaseException as exc:  # noqa: BLE001
-        _fail(ch, exc)
-    try:
-        send(ch, {"type": "pid", "pid": pid})
-    except OSError:     # dropped before it was ready: its PID 1 sees the channel close and exits too
-        pass
-    os._exit(0)
-
-
-def spare_stage2(ch: _socket.socket, flags: int) -> NoReturn:
-    """A spare's PID 1: ready its namespaces, wait to be taken ("go": the container's spec, options and fds),
-    then go on as stage2. It exits when its supervisor goes away (EOF)."""
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        sc.unshare(flags & ~sc.CLONE_NEWPID)
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         os.umask(0)
+    except BaseException as exc:  # noqa: BLE001
+        _fail(ch, exc)
+    try:
+        send(ch, {"type": "ready"})
+    except OSError:     # dropped before it was ready
+        os._exit(0)
+    try:
         if flags & sc.CLONE_NEWNET:
             _loopback_up()
         rootfs.learn_cgroup_hierarchies()     # for its /sys/fs/cgroup, read now rather than once taken

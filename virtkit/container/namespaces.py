@@ -48,6 +48,22 @@ def join(entries: list[tuple[str, int]]) -> None:
         os.close(fd)
 
 
+def fork_pid1(own_pid_ns: int) -> int:
+    """os.fork() whose child is PID 1 of a new pid namespace, with no process between: unshare(CLONE_NEWPID)
+    changes only where this process's next child goes, and `own_pid_ns` (an fd of /proc/self/ns/pid) is set
+    back in the parent at once for its later children. The child must not return to the caller's cleanup (a
+    process cannot enter an ancestor pid namespace): it goes on as PID 1 or exits."""
+    sc.unshare(sc.CLONE_NEWPID)
+    try:
+        pid = os.fork()
+    except BaseException:
+        sc.setns(own_pid_ns, sc.CLONE_NEWPID, label="this process's own pid namespace")
+        raise
+    if pid:
+        sc.setns(own_pid_ns, sc.CLONE_NEWPID, label="this process's own pid namespace")
+    return pid
+
+
 def write_id_maps(pid: int, linux: dict) -> None:
     """Write /proc/PID/{uid_map,gid_map}; setgroups is denied only when the kernel demands it."""
     def fmt(maps: list[dict]) -> bytes:

@@ -529,18 +529,14 @@ def _fork_in_new_pid_namespace(parent: _socket.socket, child: _socket.socket, sp
     """Fork PID 1 of a new pid namespace without a stage 1: unshare(CLONE_NEWPID) changes only where this
     process's next child goes, and the runtime's own namespace is set back for later children (hooks)."""
     from virtkit.container import init as initmod
-    from virtkit.container import syscalls as sc
+    from virtkit.container import namespaces as ns
 
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        sc.unshare(sc.CLONE_NEWPID)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                parent.close()
-                initmod.stage2_direct(child, spec, opts)
-        finally:
-            sc.setns(own, sc.CLONE_NEWPID, label="the runtime's own pid namespace")
+        pid = ns.fork_pid1(own)
+        if pid == 0:
+            parent.close()
+            initmod.stage2_direct(child, spec, opts)
     finally:
         os.close(own)
     return pid
