@@ -231,9 +231,14 @@ class InstanceService:
     def restart(self, name: str, timeout: float = 10.0) -> Instance:
         inst = self.get(name)
         lifecycle.require(inst, "restart")
-        if inst.state in (S.RUNNING, S.PAUSED):
-            self.stop(name, timeout)
-        return self.start(name)
+        # an auto-remove instance is removed when it stops by itself, not when a restart stops it (as Docker)
+        self.hold(inst.id)
+        try:
+            if inst.state in (S.RUNNING, S.PAUSED):
+                self.stop(name, timeout)
+            return self.start(name)
+        finally:
+            self.release(inst.id)
 
     def kill(self, name: str, sig: int = 9) -> Instance:
         if not 1 <= sig <= 64:
