@@ -64,6 +64,41 @@ def test_a_detached_rm_instance_goes_when_it_exits_unasked(vk_home, client, name
     assert not os.path.exists(os.path.join(home.root, "containers", iid))
 
 
+def _root_options(client, name: str) -> str:
+    line = client.exec(name, ["sh", "-c", "grep ' / / ' /proc/self/mountinfo"]).stdout.decode()
+    assert " - overlay " in line, line
+    return line.rsplit(" ", 1)[1]
+
+
+def test_only_a_rm_instance_has_a_volatile_writable_layer(vk_home, client, name):
+    """An instance removed at exit keeps nothing: its overlay skips syncing to disk (volatile, as podman's
+    `run --rm`); one that is kept has its writes synced as usual."""
+    client.run("busybox", ["sleep", "600"], detach=True, auto_remove=True, name=name)
+    client.run("busybox", ["sleep", "600"], detach=True, name=name + "-kept")
+    assert "volatile" in _root_options(client, name)
+    assert "volatile" not in _root_options(client, name + "-kept")
+    client.remove(name, force=True)
+    client.remove(name + "-kept", force=True)
+
+
+def test_restart_keeps_a_rm_instance_and_its_files(vk_home, client, name):
+    """A restart is not an exit: the --rm instance comes back with its writable layer (overlayfs would refuse
+    the volatile upper dir again unless the start clears the mark the last mount left), as Docker does; an exit
+    after that removes it."""
+    client.run("busybox", ["sh", "-c", "echo x >> /runs; sleep 600"], detach=True, auto_remove=True, name=name)
+    time.sleep(0.3)
+    r = vk(vk_home, "restart", "-t", "1", name)
+    assert r.returncode == 0, r.stderr
+    assert client.instance(name)["state"] == "running"
+    deadline = time.monotonic() + 5
+    while client.exec(name, ["cat", "/runs"]).stdout != b"x\nx\n":
+        assert time.monotonic() < deadline, client.exec(name, ["cat", "/runs"]).stdout
+        time.sleep(0.05)
+    assert vk(vk_home, "stop", "-t", "1", name).returncode == 0
+    with pytest.raises(NotFound):
+        client.instance(name)
+
+
 def test_detached_lifecycle_list_exec_logs_stop(vk_home, client, name):
     r = vk(vk_home, "run", "-d", "--name", name, "--cpus", "0.5", "--memory", "64M", "--pids", "64",
            "busybox", "--", "sh", "-c", "echo started; echo to-stderr >&2; exec httpd -f -p 8080")

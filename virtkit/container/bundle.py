@@ -93,6 +93,9 @@ def build_config(
             "lowerdir": lowerdirs,
             "upperdir": os.path.join(instance_dir, "upper"),
             "workdir": os.path.join(instance_dir, "work"),
+            # an instance removed when it exits keeps nothing of its writable layer: overlayfs may skip syncing
+            # it (to the disk, at unmount: ~0.5 ms of every exit here), as podman does for `run --rm`
+            **({"volatile": True} if spec.get("auto_remove") else {}),
         }),
         "org.virtkit.instance.id": instance_id,
     }

@@ -137,24 +137,45 @@ def setup_root(spec: dict, rootfs: str) -> None:
     sc.mount(None, "/", None, base)
     overlay = (spec.get("annotations") or {}).get(OVERLAY_ANNOTATION)
     if overlay:
-        sc.mount("overlay", rootfs, "overlay", 0, _overlay_data(overlay), label="root.path")
+        data, workdir, volatile = _overlay_data(overlay)
+        if volatile:
+            _forget_volatile_use(workdir)
+        sc.mount("overlay", rootfs, "overlay", 0, data, label="root.path")
     else:
         sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC, label="root.path")
 
 
-def _overlay_data(value: str) -> str:
+def _overlay_data(value: str) -> tuple[str, str, bool]:
+    """(overlayfs mount data, workdir, whether volatile) from the annotation."""
     try:
         cfg = fastjson.loads(value)
         lower, upper, work = cfg["lowerdir"], cfg["upperdir"], cfg["workdir"]
+        volatile = cfg.get("volatile", False)
         assert isinstance(lower, list) and lower and all(isinstance(x, str) for x in lower)
-        assert isinstance(upper, str) and isinstance(work, str)
+        assert isinstance(upper, str) and isinstance(work, str) and isinstance(volatile, bool)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise InvalidArgument(f"annotations.{OVERLAY_ANNOTATION}: want JSON "
-                              '{"lowerdir": [dirs], "upperdir": dir, "workdir": dir}') from None
+                              '{"lowerdir": [dirs], "upperdir": dir, "workdir": dir, "volatile": bool}') from None
     for d in [*lower, upper, work]:
         if not d.startswith("/") or any(c in d for c in ",:\n"):
             raise InvalidArgument(f"annotations.{OVERLAY_ANNOTATION}: bad directory {d!r}")
-    return f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+    data = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+    return (data + ",volatile" if volatile else data), work, volatile
+
+
+def _forget_volatile_use(workdir: str) -> None:
+    """A volatile overlay leaves work/incompat/volatile behind, and overlayfs refuses the upper dir again while it
+    is there (after a crash the upper dir may have lost writes). The instance is started again on purpose (a
+    restart): its upper dir is taken as it is, as after any unclean stop."""
+    incompat = os.path.join(workdir, "work", "incompat")
+    for path in (os.path.join(incompat, "volatile", "dirty"), os.path.join(incompat, "volatile"), incompat):
+        try:
+            (os.unlink if path.endswith("dirty") else os.rmdir)(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SystemFailure(f"root.path: cannot clear {path} of an earlier volatile mount: {exc.strerror}") \
+                from exc
 
 
 def mount_all(spec: dict, rootfs: str, bundle: str, ctx: dict[str, bool]) -> None:
