@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(ctx)
     # bound here, not by uvicorn, which would chmod a socket it binds to 0666: only root may talk to virtkitd
     sock = _bind_private(home.socket)
+    # http and loop left to "auto": httptools and uvloop (dependencies) where installed, h11 and asyncio if not
     config = uvicorn.Config(app, fd=sock.fileno(), log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     ctx.shutdown_hook = lambda: setattr(server, "should_exit", True)
