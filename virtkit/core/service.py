@@ -77,7 +77,13 @@ class InstanceService:
         return self.store.get_instance(name)
 
     def list_all(self) -> list[Instance]:
-        return [self.reconcile(i) for i in self.store.list_instances()]
+        out = []
+        for inst in self.store.list_instances():
+            try:
+                out.append(self.reconcile(inst))
+            except NotFound:    # removed while we looked (an --rm that exited): not in the list, not an error
+                continue
+        return out
 
     def reconcile_exited(self, everything: bool = False) -> None:
         """Fold recorded exits into the store: of every running instance whose driver's probe says one may be
@@ -87,7 +93,10 @@ class InstanceService:
                 continue
             probe = None if everything else self.exit_probe(inst)
             if probe is None or probe():
-                self.reconcile(inst)
+                try:
+                    self.reconcile(inst)
+                except NotFound:    # removed meanwhile: the others still get their exits recorded
+                    continue
 
     def reconcile(self, inst: Instance) -> Instance:
         """Fold what the driver knows (the process exited, how) into the stored record."""
