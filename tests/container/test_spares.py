@@ -31,17 +31,19 @@ def spares(runtime):
 
 
 def _ready(pool, kind=KIND) -> int:
-    """Make a spare of this kind now; its pid."""
-    pool.wanted.add(kind)
-    pool.fill()
-    held = pool.ready[kind][-1]
+    """Make a spare of this kind now; its pid, once it reported ready."""
     from virtkit.container.spares import _reported
 
+    pool.wanted.add(kind)
+    pool.fill()
     deadline = time.monotonic() + 5
-    while not _reported(held, kind, pool.wanted):    # it reports when it is ready (never waited for by take)
+    while True:     # the maker answers, then the spare reports when it is ready (never waited for by take)
+        pool.collect()
+        held = (pool.ready.get(kind) or [None])[-1]
+        if held is not None and _reported(held, kind, pool.wanted):
+            return held[0]
         assert time.monotonic() < deadline, "the spare never reported"
         time.sleep(0.005)
-    return held[0]
 
 
 def _world(out: str) -> dict:
@@ -195,7 +197,7 @@ def test_a_spare_waits_in_a_cgroup_of_its_own_that_becomes_its_containers(runtim
         while runtime.state(cid)["status"] != "stopped":
             time.sleep(0.01)
         runtime.delete(cid)
-    spares.fill()                               # the next one waits in a new cgroup of its own
+    _ready(spares)                              # the next one waits in a new cgroup of its own
     again = spares.ready[KIND][-1][2]
     assert again.startswith(f"{parent}/.spare-") and again != made
     spares.close()                              # and goes with its spare
@@ -215,3 +217,30 @@ def test_spare_cgroups_an_earlier_supervisor_left_are_removed(spares, uid):
     spares.close()
     assert not stale.exists()
     assert not manager_for(parent).exists()     # nothing of ours is left in the parent: it went too
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_spares_are_their_keepers_children_made_by_its_maker(spares):
+    """The maker forks each spare as its keeper's child (clone with CLONE_PARENT): the keeper reaps it."""
+    pid = _ready(spares)
+    maker = spares.maker.pid
+    assert _parent_of(pid) == os.getpid() and _parent_of(maker) == os.getpid() and pid != maker
+    assert _ready(spares, KIND & ~sc.CLONE_NEWIPC) != pid  # another kind
+    assert spares.maker.pid == maker            # one maker for every spare
+    spares.close()
+    assert _gone(pid) and _gone(maker)
+
+
+def test_a_maker_that_died_is_made_again(spares):
+    _ready(spares)
+    maker = spares.maker.pid
+    os.kill(maker, 9)
+    os.waitpid(maker, 0)
+    assert spares.forget(maker) is False and spares.maker is None
+    spares.ready[KIND].pop()[1].close()             # its spare used up, the next comes from a new maker
+    pid = _ready(spares)
+    assert spares.maker.pid != maker and _parent_of(pid) == os.getpid()

@@ -54,3 +54,44 @@ def test_ioctl_returns_the_buffer_the_kernel_filled():
 
 def test_prctl_returns_the_kernels_answer():
     assert sc.prctl(sc.PR_GET_DUMPABLE) in (0, 1, 2)
+
+
+@pytest.mark.root
+def test_fork_sibling_makes_its_parents_child_as_pid_1():
+    """A process forks a sibling into a new pid namespace: the sibling is PID 1 there, and its exit status goes
+    to the grandparent (here), which reaps it, not to the process that forked it."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            pid = sc.fork_sibling(sc.CLONE_NEWPID)
+            if pid == 0:
+                os.write(w, f"{os.getpid()} {os.getppid()}\n".encode())
+                os._exit(7)
+            os.write(w, f"{pid}\n".encode())
+            os._exit(0)
+        finally:
+            os._exit(2)
+    os.close(w)
+    assert os.waitpid(middle, 0)[1] == 0
+    with os.fdopen(r) as f:
+        lines = sorted(f.read().split("\n"))
+    assert lines[1] == "1 0", lines             # PID 1, its parent outside its namespace
+    sibling = int(lines[2])
+    assert os.waitstatus_to_exitcode(os.waitpid(sibling, 0)[1]) == 7     # ours to reap
+
+
+def test_fork_sibling_refuses_a_threaded_caller_and_flags_that_share():
+    import threading
+
+    with pytest.raises(ValueError, match="only name namespaces"):
+        _linux.fork_sibling(0x100)          # CLONE_VM
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        with pytest.raises(SystemFailure, match="single-threaded"):
+            sc.fork_sibling(0)
+    finally:
+        stop.set()
+        t.join()

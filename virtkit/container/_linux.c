@@ -11,6 +11,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -213,6 +214,41 @@ static PyObject *vk_setrlimit(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/*
+ * fork_sibling(flags) -> pid, 0 in the child: os.fork() through the raw clone system call with CLONE_PARENT and
+ * `flags` (namespace flags: CLONE_NEWPID makes the child PID 1 of a new pid namespace). The child's parent is
+ * this process's parent, which reaps it and gets its exit status: how the supervisor's spare maker (spares.py)
+ * makes spares that are the supervisor's own children, with one fork and no process in between.
+ * As os.fork(), Python's fork bookkeeping runs around it (the interpreter's locks and thread state). Unlike
+ * glibc's fork(), no pthread_atfork handlers run and glibc's cached thread id in the child stays its parent's:
+ * for a single-threaded caller (checked) the only effect is that raise() and abort() would target a thread
+ * that is not there (abort() still ends the process). The flags may not include CLONE_VM, CLONE_THREAD,
+ * CLONE_SIGHAND, CLONE_SETTLS or CLONE_*TID: the child must be a full copy.
+ */
+static PyObject *vk_fork_sibling(PyObject *self, PyObject *args) {
+    unsigned long flags;
+    if (!PyArg_ParseTuple(args, "k", &flags))
+        return NULL;
+    if (flags & (CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_SETTLS | CLONE_PARENT_SETTID |
+                 CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | CLONE_VFORK | CSIGNAL)) {
+        PyErr_SetString(PyExc_ValueError, "fork_sibling: flags may only name namespaces");
+        return NULL;
+    }
+    PyOS_BeforeFork();
+    long pid = syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
+    int saved = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return PyLong_FromLong(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = saved;
+        return fail();
+    }
+    return PyLong_FromLong(pid);
+}
+
 static PyMethodDef methods[] = {
     {"mount", vk_mount, METH_VARARGS, "mount(source|None, target, fstype|None, flags, data|None)"},
     {"umount2", vk_umount2, METH_VARARGS, "umount2(target, flags)"},
@@ -227,6 +263,7 @@ static PyMethodDef methods[] = {
     {"capset", vk_capset, METH_VARARGS, "capset(effective, permitted, inheritable) for this process"},
     {"seccomp_filter", vk_seccomp_filter, METH_VARARGS, "seccomp_filter(flags, bpf_program)"},
     {"setrlimit", vk_setrlimit, METH_VARARGS, "setrlimit(resource, soft, hard)"},
+    {"fork_sibling", vk_fork_sibling, METH_VARARGS, "fork_sibling(namespace_flags) -> pid (0 in the child)"},
     {NULL, NULL, 0, NULL},
 };
 

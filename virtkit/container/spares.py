@@ -2,8 +2,12 @@
 
 Making a container's namespaces is the costliest part of its start that does not depend on the container:
 fork PID 1 into a new pid namespace, unshare net/uts/ipc, bring its loopback up (~5 ms of a ~15 ms start here).
-A spare is forked straight into its pid namespace (namespaces.fork_pid1), not through a first process that
-unshares and forks again: one fork of the supervisor's Python heap and no exit of one (~2 ms of CPU a spare).
+Spares are made by the spare maker, a copy of the supervisor forked once that forks each spare straight into a
+new pid namespace as the supervisor's own child (clone with CLONE_PARENT: syscalls.fork_sibling). Why not fork
+them from the supervisor: a fork copies the forked process's page tables, and from then on every page either
+side writes is copied while the other still shares it. The supervisor writes all over its heap for every
+container it starts and ends, so each spare it forked cost it ~1.7 ms of page copies (perf, here) on the path of
+the next container's start and exit; the maker writes next to nothing between its forks.
 The supervisor makes one spare per kind of container it was asked for, while it has nothing else to do; a create
 that finds one hands it the spec, its fds and its cgroup, and the spare goes on as stage 2 (container/init.py).
 Only what cannot go stale is made early: the mount namespace (a copy of the host's mounts at that moment) and
@@ -24,10 +28,11 @@ import _socket
 import os
 
 from virtkit.container import syscalls as sc
+from virtkit.core.errors import VirtkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 def kind_of(flags: int, joins: list[tuple[str, int]]) -> int | None:
@@ -51,6 +56,9 @@ class Spares:
         self.parents: dict[int, str] = {}     # kind -> the parent cgroup its containers were last asked under
         self.leftover: set[str] = set()       # cgroups of spares dropped or moved out: removed once empty
         self._swept: set[str] = set()         # parents looked through for an earlier supervisor's spare cgroups
+        self.maker: _Maker | None = None
+        self.asked: dict[int, tuple[int, str | None]] = {}   # request number -> (kind, cgroup): being made
+        self._asks = 0
 
     def take(self, kind: int, cgroup_parent: str | None = None) -> tuple[int, _socket.socket, str | None] | None:
         """A spare of this kind (its pid, its channel and the cgroup it waits in, or None when it has none of
@@ -59,6 +67,7 @@ class Spares:
         self.wanted.add(kind)
         if cgroup_parent is not None:
             self.parents[kind] = cgroup_parent
+        self.collect()
         held = self.ready.get(kind) or []
         while held:
             spare = held.pop()
@@ -79,28 +88,46 @@ class Spares:
             except Exception:  # noqa: BLE001 - a cgroup that cannot go now is tried again later
                 pass
 
+    def _count(self, kind: int) -> int:
+        return len(self.ready.get(kind) or []) + sum(1 for k, _cg in self.asked.values() if k == kind)
+
     def short(self) -> bool:
-        return any(len(self.ready.get(kind) or []) < self.per_kind for kind in self.wanted)
+        return any(self._count(kind) < self.per_kind for kind in self.wanted)
 
     def fill(self) -> None:
-        """Start the spares that are missing: a fork each (~1.5 ms of this process); the spare makes its
-        namespaces on its own and reports its pid, read when it is taken."""
+        """Ask the maker for the spares that are missing (a message each); it forks them, and each makes its
+        namespaces on its own and reports ready, read when it is taken."""
         for kind in list(self.wanted):
-            held = self.ready.setdefault(kind, [])
-            while len(held) < self.per_kind:
+            while self._count(kind) < self.per_kind:
+                cgroup = self._made_cgroup(kind)
+                self._asks += 1
                 try:
-                    cgroup = self._made_cgroup(kind)
-                    try:
-                        held.append([*_start(kind, cgroup), cgroup, False])
-                    except OSError:
-                        self._drop_cgroup(cgroup)
-                        raise
-                except OSError as exc:  # out of processes or memory: containers of this kind start the usual way
-                    import sys
-
-                    print(f"supervisor: cannot make a spare container: {exc}", file=sys.stderr, flush=True)
+                    if self.maker is None:
+                        self.maker = _Maker()
+                    self.maker.ask(self._asks, kind, cgroup)
+                except (OSError, VirtkitError) as exc:  # no processes or memory: this kind starts the usual way
+                    _log(f"cannot make a spare container: {exc}")
+                    self._drop_cgroup(cgroup)
                     self.wanted.discard(kind)
                     break
+                self.asked[self._asks] = (kind, cgroup)
+
+    def collect(self) -> None:
+        """Take in the spares the maker has made since (without waiting for any)."""
+        if self.maker is None:
+            return
+        for n, pid, ch, error in self.maker.made():
+            kind, cgroup = self.asked.pop(n, (None, None))
+            if kind is None:        # asked of a maker since replaced
+                if ch is not None:
+                    ch.close()
+                continue
+            if error is not None:
+                _log(f"cannot make a spare container: {error}")
+                self._drop_cgroup(cgroup)
+                self.wanted.discard(kind)
+                continue
+            self.ready.setdefault(kind, []).append([pid, ch, cgroup, False])
 
     def _made_cgroup(self, kind: int) -> str | None:
         """A cgroup for the next spare of this kind under its parent, made now; None where there is no parent
@@ -130,8 +157,16 @@ class Spares:
         return path
 
     def forget(self, pid: int) -> bool:
-        """A process the supervisor reaped that was no container: a spare that died is dropped (and its cgroup);
-        the cgroups of spares let go earlier are removed once empty. Whether pid was a spare held."""
+        """A process the supervisor reaped that was no container: a spare that died is dropped (and its cgroup),
+        and a maker that died is made again when next needed (what it was asked for is asked again); the cgroups
+        of spares let go earlier are removed once empty. Whether pid was a spare held."""
+        if self.maker is not None and pid == self.maker.pid:
+            self.maker.close()
+            self.maker = None
+            for _kind, cgroup in self.asked.values():
+                self._drop_cgroup(cgroup)
+            self.asked.clear()
+            return False
         found = None
         for held in self.ready.values():
             for i, spare in enumerate(held):
@@ -149,16 +184,30 @@ class Spares:
         spares are reaped here, as the supervisor that would have is stopping, and their cgroups removed."""
         import time
 
+        if self.maker is not None:
+            self.maker.close(kill=True, reap=reap)
+            self.maker = None
+        for _kind, cgroup in self.asked.values():
+            if cgroup is not None:
+                self.leftover.add(cgroup)
+        self.asked.clear()
+        killed = []
         for held in self.ready.values():
             for pid, ch, cgroup, _ready in held:
                 ch.close()
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 except ProcessLookupError:
                     pass
                 if cgroup is not None:
                     self.leftover.add(cgroup)
             held.clear()
+        for pid in killed if reap else ():
+            try:
+                os.waitpid(pid, 0)      # ours (the maker made them our children), killed: at once
+            except ChildProcessError:
+                pass
         self.wanted.clear()
         deadline = time.monotonic() + 2.0
         while reap and self.leftover and time.monotonic() < deadline:
@@ -178,29 +227,129 @@ def _cgroup(path: str) -> Any:
     return manager_for(path)
 
 
-_OWN_PID_NS: int | None = None
+def _log(message: str) -> None:
+    import sys
+
+    print(f"supervisor: {message}", file=sys.stderr, flush=True)
 
 
-def _start(kind: int, cgroup: str | None) -> tuple[int, _socket.socket]:
-    """Fork a spare of this kind: its pid and its channel."""
+class _Maker:
+    """The spare maker: a copy of its owner (forked once, here) that forks a spare for each request on its
+    socket (JSON {"n", "kind", "cgroup"}) and answers {"n", "pid"} with the spare's channel riding on it, or
+    {"n", "error"}. It exits when its owner closes the socket, or dies."""
+
+    def __init__(self) -> None:
+        ours, its = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                _maker_main(its)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            its.close()
+        self.pid, self.sock = pid, ours
+
+    def ask(self, n: int, kind: int, cgroup: str | None) -> None:
+        from virtkit.container import fastjson
+
+        self.sock.send(fastjson.dumps({"n": n, "kind": kind, "cgroup": cgroup}).encode())
+
+    def made(self) -> list[tuple[int, int, _socket.socket | None, str | None]]:
+        """(request number, spare pid, its channel, error) of each answer waiting."""
+        import struct
+
+        from virtkit.container import fastjson
+
+        out: list[tuple[int, int, _socket.socket | None, str | None]] = []
+        while True:
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(4096, _socket.CMSG_SPACE(4), _socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError:
+                return out
+            if not data:
+                return out
+            fds = [fd for level, typ, cdata in anc if level == _socket.SOL_SOCKET and typ == _socket.SCM_RIGHTS
+                   for fd in struct.unpack(f"{len(cdata) // 4}i", cdata[:len(cdata) - len(cdata) % 4])]
+            msg = fastjson.loads(data)
+            ch = _socket.socket(fileno=fds[0]) if fds else None
+            for fd in fds[1:]:
+                os.close(fd)
+            out.append((int(msg["n"]), int(msg.get("pid") or 0), ch, msg.get("error")))
+
+    def close(self, kill: bool = False, reap: bool = False) -> None:
+        self.sock.close()
+        if kill:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if reap:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _maker_main(sock: _socket.socket) -> NoReturn:
+    """The maker's life: fork a spare per request until the owner goes away."""
+    import gc
+    import struct
+
+    from virtkit.container import fastjson
     from virtkit.container import init as initmod
-    from virtkit.container.namespaces import fork_pid1
 
-    global _OWN_PID_NS
-    if _OWN_PID_NS is None:
-        _OWN_PID_NS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
-        pid = fork_pid1(_OWN_PID_NS)
-        if pid == 0:
-            parent.close()
-            initmod.spare(child, kind, cgroup)
-    except BaseException:
-        parent.close()
-        raise
-    finally:
-        child.close()
-    return pid, parent
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        owner = os.getppid()
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != owner:
+            os._exit(0)
+    except BaseException:  # noqa: BLE001 - its owner sees the socket close and makes another
+        os._exit(1)
+    while True:
+        try:
+            data = sock.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            os._exit(0)
+        req = fastjson.loads(data)
+        reply: dict[str, Any] = {"n": req["n"]}
+        fds: list[int] = []
+        parent = child = None
+        try:
+            parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+            pid = sc.fork_sibling(sc.CLONE_NEWPID)     # the owner's child, PID 1 of its own pid namespace
+            if pid == 0:
+                sock.close()
+                parent.close()
+                initmod.spare(child, req["kind"], req["cgroup"])
+            reply["pid"] = pid
+            fds = [parent.fileno()]
+        except Exception as exc:  # noqa: BLE001 - told to the owner, which stops asking for this kind
+            reply["error"] = str(exc)
+        finally:
+            if child is not None:
+                child.close()
+        try:
+            sock.sendmsg([fastjson.dumps(reply).encode()],
+                         [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else [])
+        except OSError:
+            os._exit(0)
+        finally:
+            if parent is not None:
+                parent.close()
 
 
 def _reported(spare: list[Any], kind: int, wanted: set[int]) -> bool:

@@ -103,6 +103,14 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _checked(f"pivot_root {new_root}", _linux.pivot_root, os.fsencode(new_root), os.fsencode(put_old))
 
 
+def fork_sibling(flags: int) -> int:
+    """os.fork() whose child is this process's parent's child (CLONE_PARENT), in the new namespaces `flags`
+    names (CLONE_NEWPID: as its PID 1). The caller must be single-threaded (see _linux.c)."""
+    if len(os.listdir("/proc/self/task")) != 1:
+        raise SystemFailure("fork_sibling: only a single-threaded process may fork this way")
+    return int(_checked(f"clone(CLONE_PARENT|{flags:#x})", _linux.fork_sibling, flags))
+
+
 def unshare(flags: int) -> None:
     _checked(f"unshare({flags:#x})", _linux.unshare, flags)
 
