@@ -370,7 +370,9 @@ class Bench:
             tree = procmem.ppids()
             under_sup = procmem.descendants([sup], tree)
             in_cg = procmem.in_cgroup(f"{Home(str(self.home)).cgroup_parent}/")
-            containers = (under_sup | in_cg) - {sup, daemon}
+            # the supervisor's spare maker (container/spares.py) is supervision, a fixed cost like the supervisor
+            maker = {p for p in under_sup if _comm(p) == "vk-spare-maker"}
+            containers = (under_sup | in_cg) - {sup, daemon} - maker
             other = procmem.descendants([daemon], tree) - {sup} - containers
             c_tot = procmem.total(containers)
             # the supervisor's spares (container/spares.py: a PID 1 made ahead, one per kind of container asked
@@ -378,6 +380,9 @@ class Bench:
             spares = {p for p in containers if _sched_policy(p) == os.SCHED_IDLE}
             out["spares"] = procmem.total(spares)
             s_mem = procmem.mem_of(sup) or {"pss": 0, "rss": 0, "uss": 0}
+            for p in maker:
+                m = procmem.mem_of(p) or {}
+                s_mem = {k: s_mem[k] + m.get(k, 0) for k in ("pss", "rss", "uss")}
             d_mem = procmem.mem_of(daemon) or {"pss": 0, "rss": 0, "uss": 0}
             o_tot = procmem.total(other)
             pss = c_tot["pss_kib"] + s_mem["pss"] + o_tot["pss_kib"]
@@ -579,6 +584,14 @@ def _sched_policy(pid: int) -> int | None:
         return None
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -658,7 +671,7 @@ def memory_lines(m: dict[str, Any]) -> list[str]:
     if "daemon_virtkitd" in vk:
         out.append(f"- virtkit: container processes {_fmt(vk['per_container_container_processes_pss_kib'])} KiB + "
                    f"supervisor {_fmt(vk['per_container_supervision_pss_kib'])} KiB per container "
-                   f"(supervisor {vk['supervisor']['pss_kib']} KiB in all); virtkitd (shared) "
+                   f"(supervisor and its spare maker {vk['supervisor']['pss_kib']} KiB in all); virtkitd (shared) "
                    f"{vk['daemon_virtkitd']['pss_kib']} KiB PSS, {_fmt(vk['per_container_pss_with_daemon_kib'])} "
                    f"KiB per container with it")
         if vk.get("spares", {}).get("processes"):

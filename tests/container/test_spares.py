@@ -229,6 +229,9 @@ def test_spares_are_their_keepers_children_made_by_its_maker(spares):
     pid = _ready(spares)
     maker = spares.maker.pid
     assert _parent_of(pid) == os.getpid() and _parent_of(maker) == os.getpid() and pid != maker
+    for p, name in ((maker, "vk-spare-maker"), (pid, "vk-spare")):     # as ps shows them
+        with open(f"/proc/{p}/comm") as f:
+            assert f.read() == name + "\n"
     assert _ready(spares, KIND & ~sc.CLONE_NEWIPC) != pid  # another kind
     assert spares.maker.pid == maker            # one maker for every spare
     spares.close()

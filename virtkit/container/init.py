@@ -154,6 +154,7 @@ SPARE_FLAGS = sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEW
 # source), and a cgroup namespace is rooted where its maker stands (the container's cgroup, joined at take).
 LATE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
 _MAX_GO = 1 << 22
+SPARE_NAME = "vk-spare"
 
 
 def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn:
@@ -172,6 +173,8 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        with open("/proc/self/comm", "w") as f:     # what ps shows while it waits; its exec names it again
+            f.write(SPARE_NAME)
         if cgroup is not None:
             from virtkit.container.cgroups import manager_for
 

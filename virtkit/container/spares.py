@@ -227,6 +227,18 @@ def _cgroup(path: str) -> Any:
     return manager_for(path)
 
 
+# what ps shows for the maker (a process's name: 15 bytes at most); a waiting spare is init.SPARE_NAME
+MAKER_NAME = "vk-spare-maker"
+
+
+def _name_this_process(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name)
+    except OSError:     # a name is a courtesy to whoever reads ps
+        pass
+
+
 def _log(message: str) -> None:
     import sys
 
@@ -311,6 +323,7 @@ def _maker_main(sock: _socket.socket) -> NoReturn:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        _name_this_process(MAKER_NAME)
         owner = os.getppid()
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != owner:
