@@ -373,7 +373,7 @@ class Bench:
             # the supervisor's spare maker (container/spares.py) is supervision, a fixed cost like the supervisor
             maker = {p for p in under_sup if _comm(p) == "vk-spare-maker"}
             containers = (under_sup | in_cg) - {sup, daemon} - maker
-            other = procmem.descendants([daemon], tree) - {sup} - containers
+            other = procmem.descendants([daemon], tree) - {sup} - containers - maker
             c_tot = procmem.total(containers)
             # the supervisor's spares (container/spares.py: a PID 1 made ahead, one per kind of container asked
             # for) are counted with the containers; told apart here by their scheduling policy, SCHED_IDLE
