@@ -209,6 +209,9 @@ def test_v2_stats_from_files(tmp_path):
     assert stats == {"cpu_usage_ns": 1_500_000, "memory_bytes": 4096, "memory_limit": None,
                      "pids_current": 2, "pids_limit": None, "oom_kills": 1}
     assert mgr.oom_killed() is True
+    (tmp_path / "nomem").mkdir()
+    no_memory, _ = _v2(_fixture_v2(tmp_path / "nomem", controllers="cpu pids"))
+    assert no_memory.oom_killed() is False          # no memory controller: nothing was OOM-killed
 
 
 # --- real cgroups (root) ---

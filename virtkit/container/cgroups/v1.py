@@ -263,6 +263,11 @@ class V1Manager(CgroupManager):
             "oom_kills": oom.get("oom_kill", 0),
         }
 
+    def oom_killed(self) -> bool:
+        """One file, not all of stats(): asked as a container's exit is recorded, on the way to its caller."""
+        memdir = self._dir("memory")
+        return bool(memdir and read_keyed(os.path.join(memdir, "memory.oom_control")).get("oom_kill", 0))
+
     def _rmdir_all(self) -> None:
         for _base, directory in self._unique_dirs():
             rmdir_tree(directory)
