@@ -137,3 +137,42 @@ def test_attach_bad_input(vk_home, client, name):
     r = vk(vk_home, "attach", "no-such-instance-xyz")
     assert r.returncode != 0 and b"not found" in r.stderr
     client.remove(name, force=True)
+
+
+def test_many_attached_runs_at_once_leave_the_api_answering(vk_home, client, name):
+    """Each `virtkit run` that streams its output holds one of virtkitd's request threads while it waits: with 45
+    of them waiting (more than anyio's default pool of 40), another request is still answered at once; it used
+    to wait until one of the runs ended."""
+    import threading
+
+    from virtkit.client import connect
+    from virtkit.client.transport import Transport
+
+    n = 45
+    codes: list[int] = []
+
+    def attached(i: int) -> None:
+        st = connect(vk_home).run("busybox", ["sleep", "12"], name=f"{name}-{i}", auto_remove=True,
+                                  network="none", output=lambda b: None)
+        codes.append(st["exit_code"])
+
+    threads = [threading.Thread(target=attached, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        c = connect(vk_home)
+        deadline = time.monotonic() + 9
+        while True:     # every run started, so every stream is waiting for its container's end
+            running = [i for i in c.instances() if i["name"].startswith(f"{name}-") and i["state"] == "running"]
+            if len(running) == n:
+                break
+            assert time.monotonic() < deadline, f"only {len(running)} of {n} attached runs started"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        impatient = Transport(Home.from_env(vk_home).socket, timeout=2)
+        assert len(impatient.request("GET", "/v1/instances")) >= n
+    finally:
+        for t in threads:
+            t.join(60)
+    assert codes == [0] * n
+    assert not [i for i in connect(vk_home).instances() if i["name"].startswith(f"{name}-")]

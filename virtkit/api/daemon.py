@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import fcntl
 import os
 import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _reconcile_loop(ctx: object, stop: threading.Event) -> None:
@@ -22,6 +27,19 @@ def _reconcile_loop(ctx: object, stop: threading.Event) -> None:
             ctx.instances.reconcile_exited(everything=rounds % 20 == 0)  # type: ignore[attr-defined]
         except Exception as exc:  # keep the loop alive; the next round retries
             print(f"virtkitd: reconcile failed: {exc}", file=sys.stderr, flush=True)
+
+
+# Threads for the sync endpoints and streams (anyio's pool; its default is 40). A `virtkit run` that streams
+# its output, and a `logs -f`, hold one while they wait for more: with 40, the 41st made every other request
+# wait until one of them ended. A thread waiting costs its stack's touched pages, a few KiB.
+REQUEST_THREADS = 4096
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    import anyio.to_thread
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+    await server.serve()
 
 
 def _bind_private(path: str) -> socket.socket:
@@ -76,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     threading.Thread(target=_reconcile_loop, args=(ctx, stop), daemon=True).start()
     try:
-        server.run()
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(_serve(server))
     finally:
         stop.set()
         time.sleep(0)
