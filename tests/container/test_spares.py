@@ -247,3 +247,19 @@ def test_a_maker_that_died_is_made_again(spares):
     spares.ready[KIND].pop()[1].close()             # its spare used up, the next comes from a new maker
     pid = _ready(spares)
     assert spares.maker.pid != maker and _parent_of(pid) == os.getpid()
+
+
+def test_a_maker_dead_before_it_is_reaped_is_replaced_not_given_up(spares):
+    """The maker died and its keeper has not reaped it yet: asking it fails, and the next fill makes another
+    (the kind is still wanted), rather than this kind of container going without spares from then on."""
+    _ready(spares)
+    maker = spares.maker.pid
+    os.kill(maker, 9)
+    assert _gone(maker)
+    spares.ready[KIND].pop()[1].close()
+    spares.fill()                                   # asks the dead one: it finds out
+    assert spares.maker is None and KIND in spares.wanted
+    os.waitpid(maker, 0)
+    assert spares.forget(maker) is False            # reaped later: nothing left to do
+    pid = _ready(spares)
+    assert spares.maker.pid != maker and _parent_of(pid) == os.getpid()

@@ -28,7 +28,6 @@ import _socket
 import os
 
 from virtkit.container import syscalls as sc
-from virtkit.core.errors import VirtkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +58,7 @@ class Spares:
         self.maker: _Maker | None = None
         self.asked: dict[int, tuple[int, str | None]] = {}   # request number -> (kind, cgroup): being made
         self._asks = 0
+        self._makers_lost = 0
 
     def take(self, kind: int, cgroup_parent: str | None = None) -> tuple[int, _socket.socket, str | None] | None:
         """A spare of this kind (its pid, its channel and the cgroup it waits in, or None when it has none of
@@ -104,12 +104,18 @@ class Spares:
                 try:
                     if self.maker is None:
                         self.maker = _Maker()
-                    self.maker.ask(self._asks, kind, cgroup)
-                except (OSError, VirtkitError) as exc:  # no processes or memory: this kind starts the usual way
+                except OSError as exc:  # no processes or memory: this kind starts the usual way
                     _log(f"cannot make a spare container: {exc}")
                     self._drop_cgroup(cgroup)
                     self.wanted.discard(kind)
                     break
+                try:
+                    self.maker.ask(self._asks, kind, cgroup)
+                except OSError as exc:  # it died, not reaped yet: the next fill makes another
+                    _log(f"the spare maker went away: {exc}")
+                    self._drop_cgroup(cgroup)
+                    self._lose_maker()
+                    return
                 self.asked[self._asks] = (kind, cgroup)
 
     def collect(self) -> None:
@@ -156,16 +162,26 @@ class Spares:
             return None
         return path
 
+    def _lose_maker(self) -> None:
+        """The maker died: what it was asked for is given up (asked again of the next one, which the next fill
+        makes); one that keeps dying stops spares altogether, containers start the usual way."""
+        assert self.maker is not None
+        self.maker.close()
+        self.maker = None
+        for _kind, cgroup in self.asked.values():
+            self._drop_cgroup(cgroup)
+        self.asked.clear()
+        self._makers_lost += 1
+        if self._makers_lost > MAKERS_LOST_MAX:
+            _log(f"the spare maker died {self._makers_lost} times: no more spares")
+            self.wanted.clear()
+
     def forget(self, pid: int) -> bool:
         """A process the supervisor reaped that was no container: a spare that died is dropped (and its cgroup),
         and a maker that died is made again when next needed (what it was asked for is asked again); the cgroups
         of spares let go earlier are removed once empty. Whether pid was a spare held."""
         if self.maker is not None and pid == self.maker.pid:
-            self.maker.close()
-            self.maker = None
-            for _kind, cgroup in self.asked.values():
-                self._drop_cgroup(cgroup)
-            self.asked.clear()
+            self._lose_maker()
             return False
         found = None
         for held in self.ready.values():
@@ -226,6 +242,9 @@ def _cgroup(path: str) -> Any:
 
     return manager_for(path)
 
+
+# how many times the maker may die (and be made again) before a supervisor makes no more spares
+MAKERS_LOST_MAX = 3
 
 # what ps shows for the maker (a process's name: 15 bytes at most); a waiting spare is init.SPARE_NAME
 MAKER_NAME = "vk-spare-maker"
