@@ -158,9 +158,10 @@ SPARE_NAME = "vk-spare"
 
 
 def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn:
-    """A spare's PID 1, forked by the supervisor straight into a new pid namespace (namespaces.fork_pid1): join
-    the spare's own cgroup if it has one, make its other namespaces, report, then wait to be taken ("go": the
-    container's spec, options and fds) and go on as stage2. It exits when its supervisor goes away (EOF)."""
+    """A spare's PID 1, forked by the spare maker straight into a new pid namespace as the supervisor's child
+    (spares.py): join the spare's own cgroup if it has one, make its other namespaces, report, then wait to be
+    taken ("go": the container's spec, options and fds) and go on as stage2. It exits when its supervisor goes
+    away (EOF)."""
     gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:
         keep = ch.fileno()
