@@ -59,10 +59,17 @@ class Podman:
         return [*ULIMITS, "--network", "none", "--cgroup-parent", self.cgroup_parent]
 
     def in_tty(self, *args: str) -> subprocess.CompletedProcess:
-        """Run podman under `script`, which gives it a terminal (what -it needs)."""
+        """Run podman under `script`, which gives it a terminal (what -it needs). Its stdin stays open, as a
+        user's terminal does, until podman is done: at EOF on its stdin `script` sends an EOF into the
+        terminal and may stop relaying, and the container's output was then lost now and then (CI saw it)."""
         cmd = shlex.join([*self.argv, *args])
-        return subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
-                              env=self.env, stdin=subprocess.DEVNULL)
+        r, w = os.pipe()
+        try:
+            return subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                                  timeout=60, env=self.env, stdin=r)
+        finally:
+            os.close(r)
+            os.close(w)
 
 
 @pytest.fixture
