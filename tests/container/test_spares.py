@@ -219,6 +219,12 @@ def test_spare_cgroups_an_earlier_supervisor_left_are_removed(spares, uid):
     assert not manager_for(parent).exists()     # nothing of ours is left in the parent: it went too
 
 
+def _let_go(spare: list) -> None:
+    """A spare taken out of the pool and let go: its channel closes, it exits, and (our child) is reaped."""
+    spare[1].close()
+    os.waitpid(spare[0], 0)
+
+
 def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -244,7 +250,7 @@ def test_a_maker_that_died_is_made_again(spares):
     os.kill(maker, 9)
     os.waitpid(maker, 0)
     assert spares.forget(maker) is False and spares.maker is None
-    spares.ready[KIND].pop()[1].close()             # its spare used up, the next comes from a new maker
+    _let_go(spares.ready[KIND].pop())               # its spare used up, the next comes from a new maker
     pid = _ready(spares)
     assert spares.maker.pid != maker and _parent_of(pid) == os.getpid()
 
@@ -256,10 +262,30 @@ def test_a_maker_dead_before_it_is_reaped_is_replaced_not_given_up(spares):
     maker = spares.maker.pid
     os.kill(maker, 9)
     assert _gone(maker)
-    spares.ready[KIND].pop()[1].close()
+    _let_go(spares.ready[KIND].pop())
     spares.fill()                                   # asks the dead one: it finds out
     assert spares.maker is None and KIND in spares.wanted
     os.waitpid(maker, 0)
     assert spares.forget(maker) is False            # reaped later: nothing left to do
     pid = _ready(spares)
     assert spares.maker.pid != maker and _parent_of(pid) == os.getpid()
+
+
+def test_a_spare_still_being_made_is_not_waited_for_nor_lost(spares):
+    """Asked of the maker but not answered yet when a container comes: take says none at once (that container
+    starts the usual way), and the spare, once made, serves the next one without being asked for again."""
+    import signal
+
+    first = _ready(spares)
+    _let_go(spares.ready[KIND].pop())               # used up; the maker is there, and now held still
+    os.kill(spares.maker.pid, signal.SIGSTOP)
+    try:
+        spares.fill()
+        asks = spares._asks
+        assert len(spares.asked) == 1
+        assert spares.take(KIND) is None            # not waited for
+        assert len(spares.asked) == 1               # nor given up
+    finally:
+        os.kill(spares.maker.pid, signal.SIGCONT)
+    pid = _ready(spares)
+    assert spares._asks == asks and pid != first and _parent_of(pid) == os.getpid()
