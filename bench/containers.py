@@ -371,7 +371,7 @@ class Bench:
             under_sup = procmem.descendants([sup], tree)
             in_cg = procmem.in_cgroup(f"{Home(str(self.home)).cgroup_parent}/")
             # the supervisor's spare maker (container/spares.py) is supervision, a fixed cost like the supervisor
-            maker = {p for p in under_sup if _comm(p) == "vk-spare-maker"}
+            maker = {p for p in under_sup if procmem.comm_of(p) == "vk-spare-maker"}
             containers = (under_sup | in_cg) - {sup, daemon} - maker
             other = procmem.descendants([daemon], tree) - {sup} - containers - maker
             c_tot = procmem.total(containers)
@@ -582,14 +582,6 @@ def _sched_policy(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[38])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _alive(pid: int) -> bool:

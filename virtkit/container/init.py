@@ -157,6 +157,15 @@ _MAX_GO = 1 << 22
 SPARE_NAME = "vk-spare"
 
 
+def name_this_process(name: str) -> None:
+    """What ps shows for this process (its comm: 15 bytes at most)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name)
+    except OSError:     # a name is a courtesy to whoever reads ps
+        pass
+
+
 def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn:
     """A spare's PID 1, forked by the spare maker straight into a new pid namespace as the supervisor's child
     (spares.py): join the spare's own cgroup if it has one, make its other namespaces, report, then wait to be
@@ -174,8 +183,7 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        with open("/proc/self/comm", "w") as f:     # what ps shows while it waits; its exec names it again
-            f.write(SPARE_NAME)
+        name_this_process(SPARE_NAME)     # what ps shows while it waits; its exec names it again
         if cgroup is not None:
             from virtkit.container.cgroups import manager_for
 

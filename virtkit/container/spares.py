@@ -250,14 +250,6 @@ MAKERS_LOST_MAX = 3
 MAKER_NAME = "vk-spare-maker"
 
 
-def _name_this_process(name: str) -> None:
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(name)
-    except OSError:     # a name is a courtesy to whoever reads ps
-        pass
-
-
 def _log(message: str) -> None:
     import sys
 
@@ -342,7 +334,7 @@ def _maker_main(sock: _socket.socket) -> NoReturn:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        _name_this_process(MAKER_NAME)
+        initmod.name_this_process(MAKER_NAME)
         owner = os.getppid()
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != owner:
