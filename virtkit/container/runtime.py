@@ -166,7 +166,6 @@ class Runtime:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z",
             "cgroup": cg_path, "spec": spec,
         }
-        d.save(rec)
         hook_state = st.oci_state(rec, "creating")
         fifo_fd = -1 if start else os.open(d.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, joins = ns.plan(spec)
@@ -189,6 +188,8 @@ class Runtime:
                                              console_socket, no_pivot, hook_state)
                 if handed is not None:
                     s2, parent = handed
+            # its state ("creating"): saved while a spare builds the container, before a fork makes one
+            d.save(rec)
             if parent is None:
                 parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
                 opts = {"stdio": stdio, "cgroup": cg, "ns_flags": flags, "ns_join": joins, "bundle": bundle,
