@@ -9,13 +9,18 @@ import time
 import pytest
 
 from tests.container.test_runtime import _run
+from virtkit.container import premount
 from virtkit.container import syscalls as sc
 
 pytestmark = pytest.mark.root
 
 WORLD = ("echo pid=$$; hostname; ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; cat /proc/self/cgroup;"
          "echo policy; cut -d' ' -f41 /proc/self/stat;"
-         "echo mounts; cut -d' ' -f2 /proc/mounts; echo ifaces; ip -o link; echo end")
+         # each mount but its ids (and device numbers): where, flags, type, source and file system options; then
+         # /dev as ls shows it (nodes' types, modes, owners and numbers, links' targets, mount points)
+         "echo mounts; cut -d' ' -f4- /proc/self/mountinfo; echo dev;"
+         " ls -lna /dev /dev/pts /dev/shm /dev/mqueue | awk '{print $1, $3, $4, $5, $6, $NF}';"
+         " echo ifaces; ip -o link; echo end")
 
 KIND = sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
 
@@ -49,11 +54,13 @@ def _ready(pool, kind=KIND) -> int:
 def _world(out: str) -> dict:
     head, rest = out.split("mounts\n")
     head, policy = head.split("policy\n")
-    mounts, rest = rest.split("ifaces\n")
+    mounts, rest = rest.split("dev\n", 1)
+    dev, rest = rest.split("ifaces\n")
     lines = head.splitlines()
     return {"pid": lines[0], "hostname": lines[1], "procs": lines[2].split(), "policy": policy.strip(),
             "cgroups": sorted({ln.split(":", 2)[2] for ln in lines[3:]}),
-            "mounts": mounts.split(), "links": [ln.split(":")[1].strip() for ln in rest.split("end")[0].splitlines()],
+            "mounts": mounts.splitlines(), "dev": dev.splitlines(),
+            "links": [ln.split(":")[1].strip() for ln in rest.split("end")[0].splitlines()],
             "lo_up": ",UP" in rest}
 
 
@@ -118,16 +125,24 @@ def test_a_spare_holds_none_of_its_makers_fds(spares):
     os.set_inheritable(w, True)
     try:
         pid = _ready(spares)
-        # it reports its pid before it reads the host's cgroup mounts and brings its loopback up (a file and a
-        # netlink socket open for a moment): what counts is what it holds once it waits to be taken
+        # it reports its pid before it reads the host's cgroup mounts, brings its loopback up (a file and a
+        # netlink socket open for a moment) and makes its mounts: what counts is what it holds once it waits
+        premade = len(premount._template())        # /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys
         deadline = time.monotonic() + 5
         while True:
             fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
-            if len(fds) <= 4 or time.monotonic() > deadline:
+            held = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds[3:]}
+            if len(fds) == 4 + premade and "/" in held.values() or time.monotonic() > deadline:
                 break
             time.sleep(0.005)
-        assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds   # stdio and its channel
-        assert os.readlink(f"/proc/{pid}/fd/{fds[3]}").startswith("socket:")
+        assert fds[:3] == [0, 1, 2] and len(fds) == 4 + premade, held   # stdio, its channel, its mounts
+        sockets = [fd for fd, what in held.items() if what.startswith("socket:")]
+        mounts = [fd for fd, what in held.items() if what == "/"]
+        assert len(sockets) == 1 and len(mounts) == premade, held
+        for fd in mounts:       # each the root of a mount of its own, not a file or a directory of the host's
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            assert int(info["flags"], 8) & 0o10000000, info                   # O_PATH
         with open(f"/proc/{pid}/stat") as f:
             assert f.read().rsplit(")", 1)[1].split()[38] == "5"     # SCHED_IDLE while it waits
     finally:

@@ -22,6 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from typing import Any, NoReturn
 
+    from virtkit.container.premount import Premade
+
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -203,6 +205,7 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             _loopback_up()
         rootfs.learn_cgroup_hierarchies()     # for its /sys/fs/cgroup, read now rather than once taken
         capsmod.last_cap()
+        premade = _premount(flags)
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     try:
@@ -234,6 +237,8 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             netns = fds[4 if msg["fifo"] else 3]
             sc.setns(netns, sc.CLONE_NEWNET, label="network namespace")
             os.close(netns)
+            if premade is not None:
+                premade.drop("sysfs")       # its own network namespace's, not the one joined
         if msg["flags"] & LATE_FLAGS:
             sc.unshare(msg["flags"] & LATE_FLAGS)
         if msg.get("seccomp") is not None:
@@ -242,10 +247,21 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             seccomp.remember(spec["linux"]["seccomp"], bytes.fromhex(msg["seccomp"]), msg["seccomp_flags"])
         opts = {"ns_flags": msg["flags"], "ns_join": [("network", -1)] if msg["join_net"] else [],
                 "bundle": msg["bundle"], "console_socket": msg["console_socket"], "no_pivot": msg["no_pivot"],
-                "preserve_fds": 0, "fifo_fd": fifo_fd, "hook_state": msg["hook_state"]}
+                "preserve_fds": 0, "fifo_fd": fifo_fd, "hook_state": msg["hook_state"], "premade": premade}
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     stage2(ch, spec, opts, made=True)
+
+
+def _premount(flags: int) -> Premade | None:
+    """The usual mounts made ahead (container/premount.py), or None where this kernel cannot (no new mount API):
+    the container's are then made when it is taken, as a forked one's are."""
+    from virtkit.container.premount import Premade
+
+    try:
+        return Premade.make(flags)
+    except (SystemFailure, OSError):
+        return None
 
 
 def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any], made: bool = False) -> NoReturn:
@@ -272,9 +288,12 @@ def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any], made: bool = Fa
         # create and start are one, the process follows at once
         fifo_fd = opts["fifo_fd"]
         fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if fifo_fd >= 0 else -1
+        premade = opts.get("premade")
         if flags & sc.CLONE_NEWNS:
             rootfs.setup_root(spec, root)
-            rootfs.mount_all(spec, root, opts["bundle"], ctx)
+            rootfs.mount_all(spec, root, opts["bundle"], ctx, premade)
+        if premade is not None:
+            premade.close()         # what the container did not take
         hk = spec.get("hooks") or {}
         if hk.get("prestart") or hk.get("createRuntime"):
             send(ch, {"type": "hooks"})

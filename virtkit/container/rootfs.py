@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # importing typing costs ~2 ms on the create path
     from collections.abc import Callable
     from typing import Any
 
+    from virtkit.container.premount import Premade
+
 OVERLAY_ANNOTATION = "org.virtkit.rootfs.overlay"
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 
@@ -178,61 +180,74 @@ def _forget_volatile_use(workdir: str) -> None:
                 from exc
 
 
-def mount_all(spec: dict, rootfs: str, bundle: str, ctx: dict[str, bool]) -> None:
-    """Config mounts in order, then devices; ctx has userns, netns, cgroupns (new namespaces made)."""
+def mount_all(spec: dict, rootfs: str, bundle: str, ctx: dict[str, bool], premade: Premade | None = None) -> None:
+    """Config mounts in order, then devices; ctx has userns, netns, cgroupns (new namespaces made). A mount that
+    `premade` holds (a spare's: container/premount.py) is moved into place instead of mounted."""
     root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        dev_tmpfs = False
+        dev_tmpfs = dev_ready = False
         for m in spec.get("mounts", []):
-            _mount_one(root_fd, m, bundle, ctx)
+            placed = premade is not None and premade.place(root_fd, m)
+            if not placed:
+                _mount_one(root_fd, m, bundle, ctx)
             if os.path.normpath(m["destination"]) == "/dev" and m.get("type") not in ("bind", "none", None):
-                dev_tmpfs = True
-        devices = list(DEFAULT_DEVICES) + list(spec.get("linux", {}).get("devices") or [])
-        for d in devices:
+                dev_tmpfs, dev_ready = True, placed     # a premade /dev has its nodes and links already
+        devices = [] if dev_ready else list(DEFAULT_DEVICES)
+        for d in devices + list(spec.get("linux", {}).get("devices") or []):
             _make_device(root_fd, d, ctx["userns"])
-        if dev_tmpfs:
-            _at(root_fd, "/dev", "dir", lambda p: _dev_links(p))
+        if dev_tmpfs and not dev_ready:
+            dev_links(open_in_root(root_fd, "/dev", create="dir"))
     finally:
         os.close(root_fd)
 
 
-def _dev_links(devdir: str) -> None:
-    for target, name in _DEV_LINKS:
-        try:
-            os.symlink(target, os.path.join(devdir, name))
-        except FileExistsError:
-            pass
+def dev_links(dev_fd: int) -> None:
+    """/dev's symlinks (fd, stdin, stdout, stderr, ptmx) in the directory dev_fd, which this closes."""
+    try:
+        for target, name in _DEV_LINKS:
+            try:
+                os.symlink(target, name, dir_fd=dev_fd)
+            except FileExistsError:
+                pass
+    finally:
+        os.close(dev_fd)
 
 
 def _make_device(root_fd: int, d: dict, userns: bool) -> None:
     path = d["path"]
+    parent = open_in_root(root_fd, os.path.dirname(path), create="dir")
+    try:
+        make_node(parent, os.path.basename(path), d, userns)
+    finally:
+        os.close(parent)
+
+
+def make_node(parent: int, name: str, d: dict, userns: bool) -> None:
+    """The device `d` (a linux.devices entry) as `name` in the directory `parent` (an fd), in place of what is
+    there."""
+    path = d["path"]
     kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(d.get("type", "c"))
     if kind is None:
         raise InvalidArgument(f"linux.devices: {path}: unknown type {d.get('type')!r}")
-    parent = open_in_root(root_fd, os.path.dirname(path), create="dir")
-    name = os.path.basename(path)
     try:
+        os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise SystemFailure(f"create device {path}: a directory is in the way") from None
+    if userns:
+        # mknod is refused in a user namespace: bind the host's node over an empty file instead
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=parent))
+        fd = sc.openat2(parent, name, os.O_PATH, resolve=_RESOLVE)
         try:
-            os.unlink(name, dir_fd=parent)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            raise SystemFailure(f"create device {path}: a directory is in the way") from None
-        if userns:
-            # mknod is refused in a user namespace: bind the host's node over an empty file instead
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                             dir_fd=parent))
-            fd = sc.openat2(parent, name, os.O_PATH, resolve=_RESOLVE)
-            try:
-                sc.mount(path, sc.fd_path(fd), None, sc.MS_BIND, label=path)
-            finally:
-                os.close(fd)
-            return
-        mode = d.get("fileMode", 0o666) & 0o7777
-        sc.mknod(name, kind | mode, d.get("major", 0), d.get("minor", 0), dir_fd=parent)
-        os.chown(name, d.get("uid", 0), d.get("gid", 0), dir_fd=parent, follow_symlinks=False)
-    finally:
-        os.close(parent)
+            sc.mount(path, sc.fd_path(fd), None, sc.MS_BIND, label=path)
+        finally:
+            os.close(fd)
+        return
+    mode = d.get("fileMode", 0o666) & 0o7777
+    sc.mknod(name, kind | mode, d.get("major", 0), d.get("minor", 0), dir_fd=parent)
+    os.chown(name, d.get("uid", 0), d.get("gid", 0), dir_fd=parent, follow_symlinks=False)
 
 
 def _mount_one(root_fd: int, m: dict, bundle: str, ctx: dict[str, bool]) -> None:

@@ -323,8 +323,10 @@ def _maker_main(sock: _socket.socket) -> NoReturn:
     import gc
     import struct
 
-    from virtkit.container import fastjson
+    from virtkit.container import fastjson, premount
     from virtkit.container import init as initmod
+
+    del premount    # imported once here, not again in each spare
 
     gc.disable()    # a forked copy: a collection would write to (and so copy) every page of the heap
     try:

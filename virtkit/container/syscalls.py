@@ -95,6 +95,32 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
         raise SystemFailure(f"mount {source or what} on {label or target}: {exc.strerror}") from None
 
 
+# mount_setattr(2)'s MOUNT_ATTR_*: a detached mount's flags (fsmount)
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+
+
+def fsmount(fstype: str, params: list[tuple[str, str | None]], attrs: int, *, label: str) -> int:
+    """A new `fstype` file system with these parameters (value None: a flag), mounted nowhere yet: the fd owns
+    the detached mount (closing it unmounts it); move_mount attaches it."""
+    try:
+        return _linux.fsmount(fstype.encode(), [(k.encode(), _b(v)) for k, v in params], attrs)
+    except OSError as exc:
+        raise SystemFailure(f"mount {fstype} for {label}: {exc.strerror}") from None
+
+
+def place_mount(from_fd: int, to_fd: int, *, label: str) -> None:
+    """A new mount of the file system the (detached) mount from_fd holds, onto the directory (or file) to_fd, an
+    O_PATH fd: open_tree(OPEN_TREE_CLONE) and move_mount."""
+    _checked(f"mount on {label}", _linux.place_mount, from_fd, to_fd)
+
+
 def umount2(target: str, flags: int = 0) -> None:
     _checked(f"umount {target}", _linux.umount2, os.fsencode(target), flags)
 

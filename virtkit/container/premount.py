@@ -1,0 +1,119 @@
+"""Mounts a spare (container/spares.py) makes before it is taken, attached nowhere until its container takes them.
+
+A spare waits in its container's pid, network, uts and ipc namespaces before it knows its container. The file
+systems of the usual mounts (runc's and virtkit's defaults, spec.default_spec: /proc, a /dev tmpfs, /dev/pts,
+/dev/shm, /dev/mqueue, /sys) depend on nothing else, so the spare makes them then, with the new mount API (fsopen,
+fsmount: a mount held by an fd, in no mount namespace; closing the fd unmounts it), /dev with its nodes and links.
+When it is taken, each config.json mount that is the template's own, to the letter, is put in place as a new mount
+of the premade file system (open_tree's clone, then move_mount: no file system is set up, and for /dev no 6 mknods
+and 5 symlinks either; a clone, so that /proc/self/mountinfo lists it in the order a mount(2) at that moment
+would). A mount that differs is mounted as always, and what is not taken is let go. What a container sees is the
+same either way (tests/container/test_spares.py compares the two to the letter).
+"""
+
+from __future__ import annotations
+
+import os
+
+from virtkit.container import rootfs
+from virtkit.container import syscalls as sc
+from virtkit.container.devices import DEFAULT_DEVICES
+
+# mount(2) flags as a detached mount's attributes; a template mount with any other flag is not made ahead
+_ATTRS = {sc.MS_RDONLY: sc.MOUNT_ATTR_RDONLY, sc.MS_NOSUID: sc.MOUNT_ATTR_NOSUID, sc.MS_NODEV: sc.MOUNT_ATTR_NODEV,
+          sc.MS_NOEXEC: sc.MOUNT_ATTR_NOEXEC, sc.MS_NOATIME: sc.MOUNT_ATTR_NOATIME,
+          sc.MS_STRICTATIME: sc.MOUNT_ATTR_STRICTATIME, sc.MS_NODIRATIME: sc.MOUNT_ATTR_NODIRATIME,
+          sc.MS_NOSYMFOLLOW: sc.MOUNT_ATTR_NOSYMFOLLOW, sc.MS_RELATIME: 0}
+# the namespace each file system belongs to: made ahead only where the spare has its container's own (a joined
+# network namespace has another sysfs); tmpfs and devpts (newinstance) belong to none
+_NAMESPACE = {"proc": sc.CLONE_NEWPID, "sysfs": sc.CLONE_NEWNET, "mqueue": sc.CLONE_NEWIPC, "tmpfs": 0, "devpts": 0}
+
+
+def _key(m: dict) -> tuple:
+    return (os.path.normpath(m["destination"]), m.get("type"), m.get("source"), tuple(m.get("options") or ()))
+
+
+def _template() -> list[dict]:
+    from virtkit.container.spec import default_spec
+
+    return [m for m in default_spec()["mounts"] if m.get("type") in _NAMESPACE]
+
+
+class Premade:
+    """The detached mounts of a spare, by their config.json entry."""
+
+    def __init__(self) -> None:
+        self.fds: dict[tuple, int] = {}
+
+    @classmethod
+    def make(cls, ns_flags: int) -> Premade:
+        """The template's mounts that fit a spare with these namespaces (all or none: an error lets go of them)."""
+        pm = cls()
+        try:
+            template = _template()
+            for m in template:
+                if _NAMESPACE[m["type"]] & ~ns_flags:
+                    continue
+                fd = pm.fds[_key(m)] = _fsmount(m)
+                if m["type"] == "tmpfs" and os.path.normpath(m["destination"]) == "/dev":
+                    _fill_dev(fd, [os.path.basename(t["destination"]) for t in template
+                                   if os.path.dirname(os.path.normpath(t["destination"])) == "/dev"])
+        except BaseException:
+            pm.close()
+            raise
+        return pm
+
+    def drop(self, fstype: str) -> None:
+        """Let go of the mounts of this type (sysfs, when the container joins another network namespace)."""
+        for key in [k for k in self.fds if k[1] == fstype]:
+            os.close(self.fds.pop(key))
+
+    def place(self, root_fd: int, m: dict) -> bool:
+        """The premade mount that is config.json's `m`, onto its destination in root_fd; False when none is."""
+        fd = self.fds.pop(_key(m), None)
+        if fd is None:
+            return False
+        try:
+            target = rootfs.open_in_root(root_fd, m["destination"], create="dir")
+            try:
+                sc.place_mount(fd, target, label=m["destination"])
+            finally:
+                os.close(target)
+        finally:
+            os.close(fd)
+        return True
+
+    def close(self) -> None:
+        """Let go of what was not taken."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _fsmount(m: dict) -> int:
+    """`m` made as mount(2) would, attached nowhere: superblock options (and "ro") by fsconfig, the rest as the
+    mount's attributes."""
+    flags, prop, data = rootfs.parse_options(list(m.get("options") or []))
+    attrs = 0
+    for bit, attr in _ATTRS.items():
+        if flags & bit:
+            attrs |= attr
+            flags &= ~bit
+    if flags or prop:
+        raise ValueError(f"mount {m['destination']}: options {m.get('options')} cannot be made ahead")
+    params: list[tuple[str, str | None]] = [("source", m.get("source") or m["type"])]
+    for opt in filter(None, data.split(",")):
+        k, eq, v = opt.partition("=")
+        params.append((k, v if eq else None))
+    if attrs & sc.MOUNT_ATTR_RDONLY:
+        params.append(("ro", None))     # mount(2)'s MS_RDONLY makes a new superblock read-only too
+    return sc.fsmount(m["type"], params, attrs, label=m["destination"])
+
+
+def _fill_dev(dev_fd: int, mount_points: list[str]) -> None:
+    """A new /dev's default nodes and links, and the directories its other mounts go on (as mount_all makes them)."""
+    for d in DEFAULT_DEVICES:
+        rootfs.make_node(dev_fd, os.path.basename(d["path"]), d, userns=False)
+    for name in mount_points:
+        os.mkdir(name, 0o755, dir_fd=dev_fd)
+    rootfs.dev_links(os.dup(dev_fd))
