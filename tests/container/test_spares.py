@@ -304,3 +304,33 @@ def test_a_spare_still_being_made_is_not_waited_for_nor_lost(spares):
         os.kill(spares.maker.pid, signal.SIGCONT)
     pid = _ready(spares)
     assert spares._asks == asks and pid != first and _parent_of(pid) == os.getpid()
+
+
+def test_a_mount_unlike_the_premade_one_is_mounted_as_written(runtime, spares, cid, bundle):
+    shm = next(m for m in bundle.spec["mounts"] if m["destination"] == "/dev/shm")
+    shm["options"] = [o if not o.startswith("size=") else "size=1m" for o in shm["options"]]
+    _ready(spares)
+    code, out = _run(runtime, cid, bundle, "sh", "-c", "grep -E ' /dev/(shm|pts) ' /proc/self/mountinfo")
+    assert code == 0, out
+    assert not spares.ready[KIND]                       # it was the spare that ran it
+    shm_line, = [ln for ln in out.splitlines() if " /dev/shm " in ln]
+    assert shm_line.endswith(" - tmpfs shm rw,size=1024k"), out        # its own size, not the premade 64 MiB
+    assert " /dev/pts " in out                          # the premade mounts that match are still there
+
+
+def test_a_spare_joining_a_network_namespace_sees_that_namespace_in_sys(runtime, spares, cid, bundle, uid):
+    netns = f"vk-spare-{uid}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "add", "vkjoined0", "type", "veth", "peer", "name", "vkjoined1"],
+                       check=True)
+        bundle.spec["linux"]["namespaces"] = [
+            {"type": "network", "path": f"/run/netns/{netns}"} if ns["type"] == "network" else ns
+            for ns in bundle.spec["linux"]["namespaces"]]
+        kind = KIND & ~sc.CLONE_NEWNET                  # a spare waits in no network namespace of its own
+        _ready(spares, kind)
+        code, out = _run(runtime, cid, bundle, "ls", "/sys/class/net")
+        assert (code, out.split()) == (0, ["lo", "vkjoined0", "vkjoined1"]), out
+        assert not spares.ready[kind]                   # it was the spare that ran it
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=True)
