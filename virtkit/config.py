@@ -88,3 +88,37 @@ class Home:
     def ensure(self) -> None:
         for d in (self.root, self.run_dir, self.images, self.containers, self.runtime_root):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        # a directory per instance (and per container's state) is made in these, and a tree under each (the
+        # overlay's work dirs, anew at each start)
+        for d in (self.containers, self.runtime_root):
+            spread_subdirs(d)
+
+
+# ext2/3/4's FS_TOPDIR_FL ("chattr +T"): from linux/fs.h. The ioctls' argument is an int, whatever their names say.
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subdirs(path: str) -> None:
+    """Mark `path` a top of directory hierarchies for ext4's inode allocator (Orlov): each new directory in it is
+    placed in a block group with room, and what is made in that directory next to it. Without it, a new directory
+    goes near its parent, and where the parent's group is full ext4 searches group after group for each inode: on
+    this host's ext4 a mkdir under a home's containers/ took 320 us against 26 us with the mark, a file's create
+    310 against 17, an overlay mount (its work dirs) 1.5 ms against 0.12; an SDK run of /bin/true 19 ms against 12.
+    Other file systems have no such flag: nothing is done there."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(4)))[0]
+        if not flags & _FS_TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", flags | _FS_TOPDIR_FL))
+    except OSError:     # ENOTTY, EOPNOTSUPP: not ext2/3/4
+        pass
+    finally:
+        os.close(fd)
