@@ -11,6 +11,7 @@ import pytest
 from tests.container.test_runtime import _run
 from virtkit.container import premount
 from virtkit.container import syscalls as sc
+from virtkit.core.errors import NotFound, SystemFailure
 
 pytestmark = pytest.mark.root
 
@@ -217,6 +218,47 @@ def test_a_spare_waits_in_a_cgroup_of_its_own_that_becomes_its_containers(runtim
     assert again.startswith(f"{parent}/.spare-") and again != made
     spares.close()                              # and goes with its spare
     assert not manager_for(again).exists()
+
+
+def _spare_in_own_cgroup(spares, uid) -> tuple[int, str]:
+    from virtkit.container.cgroups import detect_version
+
+    if detect_version() != 1:
+        pytest.skip("cgroup v2 cannot rename a cgroup: a spare never waits in one of its own to become its container's")
+    spares.parents[KIND] = f"/virtkit-test-{uid}"
+    pid = _ready(spares)
+    return pid, spares.ready[KIND][-1][2]
+
+
+def test_a_spares_container_runs_only_once_its_limits_are_in_place(runtime, spares, cid, bundle, uid):
+    # its cgroup is renamed and limited while the spare builds the container: the process must not run before
+    pid, _made = _spare_in_own_cgroup(spares, uid)
+    bundle.spec["linux"]["cgroupsPath"] = f"/virtkit-test-{uid}/{cid}"
+    bundle.spec["linux"]["resources"] = {"pids": {"limit": 77}, "memory": {"limit": 64 << 20}}
+    code, out = _run(runtime, cid, bundle, "sh", "-c", "cat /sys/fs/cgroup/pids/pids.max "
+                     "/sys/fs/cgroup/memory/memory.limit_in_bytes; cat /proc/self/cgroup | grep pids")
+    assert code == 0, out
+    assert not spares.ready[KIND]                       # it was the spare that ran it
+    assert out.split()[:2] == ["77", str(64 << 20)], out
+    assert out.split()[2].endswith(":pids:/"), out        # at the root of its cgroup namespace: its own cgroup
+
+
+def test_a_spare_whose_cgroup_cannot_become_the_containers_leaves_nothing(runtime, spares, cid, bundle, uid,
+                                                                          monkeypatch):
+    from virtkit.container.cgroups import manager_for
+    from virtkit.container.cgroups.v1 import V1Manager
+
+    pid, made = _spare_in_own_cgroup(spares, uid)
+    bundle.spec["linux"]["cgroupsPath"] = f"/virtkit-test-{uid}/{cid}"
+    monkeypatch.setattr(V1Manager, "adopt", lambda self, made: False)    # as if renamed from under us
+    bundle.args("true").save()
+    with pytest.raises(SystemFailure, match="cannot rename the spare's cgroup"):
+        runtime.create(cid, bundle.path, stdio=(0, 1, 2), start=True)
+    assert _gone(pid)                                   # the spare saw its channel close and went
+    spares.collect()
+    assert not manager_for(f"/virtkit-test-{uid}/{cid}").exists()
+    with pytest.raises(NotFound):
+        runtime.state(cid)
 
 
 def test_spare_cgroups_an_earlier_supervisor_left_are_removed(spares, uid):

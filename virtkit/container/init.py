@@ -247,7 +247,8 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             seccomp.remember(spec["linux"]["seccomp"], bytes.fromhex(msg["seccomp"]), msg["seccomp_flags"])
         opts = {"ns_flags": msg["flags"], "ns_join": [("network", -1)] if msg["join_net"] else [],
                 "bundle": msg["bundle"], "console_socket": msg["console_socket"], "no_pivot": msg["no_pivot"],
-                "preserve_fds": 0, "fifo_fd": fifo_fd, "hook_state": msg["hook_state"], "premade": premade}
+                "preserve_fds": 0, "fifo_fd": fifo_fd, "hook_state": msg["hook_state"], "premade": premade,
+                "cgroup_later": msg["cgroup_later"]}
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     stage2(ch, spec, opts, made=True)
@@ -318,6 +319,8 @@ def stage2(ch: _socket.socket, spec: dict, opts: dict[str, Any], made: bool = Fa
             _take_terminal(csock, proc)
         env = _env(proc)
         _require_executable(proc, env)
+        if opts.get("cgroup_later"):
+            _expect_ok(ch)      # its cgroup is the container's now, with its limits: the process may run
         send(ch, {"type": "ready"})
         ch.close()
     except BaseException as exc:  # noqa: BLE001

@@ -180,14 +180,33 @@ class Runtime:
                 spare = self._take_spare(flags, joins, cg)
                 if spare is not None:
                     undo.append(spare[1].close)     # a spare not handed its container sees EOF and exits
-            if spare is None or not spare[2]:
+            # A spare that waited in a cgroup of its own is handed its container first: that cgroup is renamed to
+            # the container's and limited while the spare builds the container (~0.5 ms of cgroupfs writes off
+            # the start's path), and the spare waits for word of it before the container's process may run.
+            # Not with hooks, which may look at the cgroup.
+            made = spare[2] if spare is not None else None
+            later = made is not None and not spec.get("hooks") and cg.can_adopt(made)
+            if made is not None and not later:
+                self.spares.leftover.add(made.path)     # removed once the spare has moved out of it
+            if not later:
                 cg.create()
-            cg.apply(resources)
+                cg.apply(resources)
             if spare is not None and stdio is not None:
                 handed = self._hand_to_spare(spare, spec, cg, flags, joins, stdio, fifo_fd, bundle,
-                                             console_socket, no_pivot, hook_state)
+                                             console_socket, no_pivot, hook_state, cgroup_later=later)
                 if handed is not None:
                     s2, parent = handed
+                    undo.append(parent.close)
+            if later and made is not None:
+                if parent is None:      # the spare went meanwhile: the container is forked, in a cgroup made now
+                    self.spares.leftover.add(made.path)
+                    cg.create()
+                elif not cg.adopt(made):
+                    self.spares.leftover.add(made.path)
+                    raise E.SystemFailure(f"cgroup {cg.path}: cannot rename the spare's cgroup {made.path} to it")
+                cg.apply(resources)
+                if parent is not None:
+                    initmod.send(parent, {"type": "ok"})    # its process may run now
             # its state ("creating"): saved while a spare builds the container, before a fork makes one
             d.save(rec)
             if parent is None:
@@ -264,9 +283,9 @@ class Runtime:
         return st.oci_state(rec, status)
 
     def _take_spare(self, flags: int, joins: builtins.list[tuple[str, int]],
-                    cg: Any) -> tuple[int, _socket.socket, bool] | None:
-        """A spare for this container (its pid, its channel, and whether it is in the container's cgroup already:
-        the cgroup it waited in renamed to the container's), or None when there is none of its kind."""
+                    cg: Any) -> tuple[int, _socket.socket, Any] | None:
+        """A spare for this container (its pid, its channel, and the cgroup it waits in when it has one of its
+        own), or None when there is none of its kind."""
         from virtkit.container import spares
 
         kind = spares.kind_of(flags, joins)
@@ -274,20 +293,20 @@ class Runtime:
         if taken is None:
             return None
         pid, ch, made = taken
-        adopted = made is not None and cg.adopt(_cgroup(made))
-        if made is not None and not adopted:
-            self.spares.leftover.add(made)      # empty once the spare moves into the container's cgroup
-        return pid, ch, adopted
+        return pid, ch, (_cgroup(made) if made is not None else None)
 
-    def _hand_to_spare(self, spare: tuple[int, _socket.socket, bool], spec: dict, cg: Any, flags: int,
+    def _hand_to_spare(self, spare: tuple[int, _socket.socket, Any], spec: dict, cg: Any, flags: int,
                        joins: builtins.list[tuple[str, int]], stdio: tuple[int, int, int], fifo_fd: int,
                        bundle: str, console_socket: str | None, no_pivot: bool,
-                       hook_state: dict) -> tuple[int, _socket.socket] | None:
+                       hook_state: dict, cgroup_later: bool) -> tuple[int, _socket.socket] | None:
         """The taken spare's PID 1 made this container's (in its cgroup, told the rest: container/spares.py), or
-        None when it has gone since it was made (the caller forks as usual)."""
+        None when it has gone since it was made (the caller forks as usual). `cgroup_later`: the spare stays in
+        its own cgroup, which the caller renames to the container's and limits meanwhile; it waits for an "ok"
+        before the container's process runs."""
         from virtkit.container import spares
 
-        pid, ch, in_cgroup = spare
+        pid, ch, _made = spare
+        in_cgroup = cgroup_later
         seccomp = (spec.get("linux") or {}).get("seccomp")
         prog, prog_flags = (None, 0)
         if seccomp:
@@ -295,7 +314,7 @@ class Runtime:
 
             prog, prog_flags = seccomp_mod.compile_bpf(seccomp)
         message = {"spec": spec, "flags": flags, "join_net": bool(joins), "bundle": bundle, "cgroup": cg.path,
-                   "join_cgroup": not in_cgroup,
+                   "join_cgroup": not in_cgroup, "cgroup_later": cgroup_later,
                    "console_socket": console_socket, "no_pivot": no_pivot, "hook_state": hook_state,
                    "seccomp": prog.hex() if prog is not None else None, "seccomp_flags": prog_flags}
         try:

@@ -168,6 +168,10 @@ class CgroupManager:
     def _first_dir(self) -> str:
         raise NotImplementedError
 
+    def can_adopt(self, made: CgroupManager) -> bool:
+        """Whether `adopt(made)` would be tried: a rename is possible here and this one's name is free."""
+        return False
+
     def adopt(self, made: CgroupManager) -> bool:
         """Become `made`, a cgroup of the same parent made ahead of time (a spare's, with its process in it), by
         renaming it to this one's name. False, with nothing changed, where cgroups cannot be renamed (v2 has no

@@ -96,6 +96,10 @@ class V1Manager(CgroupManager):
                 if is_cpuset:
                     self._inherit_cpuset(parent, current)
 
+    def can_adopt(self, made: CgroupManager) -> bool:
+        return isinstance(made, V1Manager) and os.path.dirname(made.path) == os.path.dirname(self.path) \
+            and made._trees == self._trees and not any(os.path.lexists(dst) for _base, dst in self._unique_dirs())
+
     def adopt(self, made: CgroupManager) -> bool:
         if not isinstance(made, V1Manager) or os.path.dirname(made.path) != os.path.dirname(self.path) \
                 or made._trees != self._trees:
