@@ -144,8 +144,23 @@ def test_detached_lifecycle_list_exec_logs_stop(vk_home, client, name):
         client.instance(name)
 
 
+def _held_by_supervisor(vk_home: str) -> set[str]:
+    with open(os.path.join(vk_home, "run", "supervisor.pid")) as f:
+        pid = int(f.read())
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return out
+
+
 def test_kill_with_signal_and_exit_reason(vk_home, client, name):
     client.run("busybox", ["sh", "-c", "trap 'exit 3' USR1; while true; do sleep 0.1; done"], detach=True, name=name)
+    # the supervisor holds the container's mount namespace while it runs (its mounts go after the exit is told)
+    mntns = os.readlink(f"/proc/{client.instance(name)['pid']}/ns/mnt")
+    assert mntns in _held_by_supervisor(vk_home)
     assert vk(vk_home, "kill", "-s", "USR1", name).returncode == 0
     deadline = time.time() + 5
     while client.instance(name)["state"] != "stopped" and time.time() < deadline:
@@ -157,6 +172,7 @@ def test_kill_with_signal_and_exit_reason(vk_home, client, name):
     from virtkit.container.cgroups import manager_for
 
     assert not manager_for(f"{Home.from_env(vk_home).cgroup_parent}/{inst['id']}").exists()
+    assert mntns not in _held_by_supervisor(vk_home)     # and let go of its mount namespace
     client.remove(name)
 
 
