@@ -31,6 +31,8 @@
 #endif
 /* the new mount API (Linux 5.2), by number: glibc 2.36 has wrappers, Debian 12's headers may lack them */
 #define VK_SYS_open_tree 428
+#define VK_SYS_mount_setattr 442
+#define VK_AT_RECURSIVE 0x8000
 #define VK_SYS_move_mount 429
 #define VK_SYS_fsopen 430
 #define VK_SYS_fsconfig 431
@@ -312,14 +314,15 @@ static PyObject *vk_fsmount(PyObject *self, PyObject *args) {
     return PyLong_FromLong(mfd);
 }
 
-/* place_mount(from_fd, to_fd): a new mount of the (detached) mount from_fd's file system, made now (so it comes
- * after the mounts made before it in /proc/self/mountinfo, as a mount(2) now would), onto the directory or file
- * to_fd names; from_fd is left as it was */
+/* place_mount(from_fd, to_fd, recursive): a new mount of the (detached) mount from_fd's file system, made now (so
+ * it comes after the mounts made before it in /proc/self/mountinfo, as a mount(2) now would), with the mounts on it
+ * when `recursive`, onto the directory or file to_fd names; from_fd is left as it was */
 static PyObject *vk_place_mount(PyObject *self, PyObject *args) {
-    int from_fd, to_fd;
-    if (!PyArg_ParseTuple(args, "ii", &from_fd, &to_fd))
+    int from_fd, to_fd, recursive = 0;
+    if (!PyArg_ParseTuple(args, "ii|p", &from_fd, &to_fd, &recursive))
         return NULL;
-    int fd = (int)syscall(VK_SYS_open_tree, from_fd, "", VK_OPEN_TREE_CLONE | O_CLOEXEC | AT_EMPTY_PATH);
+    int fd = (int)syscall(VK_SYS_open_tree, from_fd, "",
+                          VK_OPEN_TREE_CLONE | O_CLOEXEC | AT_EMPTY_PATH | (recursive ? VK_AT_RECURSIVE : 0));
     if (fd < 0)
         return fail();
     long rc = syscall(VK_SYS_move_mount, fd, "", to_fd, "", VK_MOVE_MOUNT_F_EMPTY_PATH | VK_MOVE_MOUNT_T_EMPTY_PATH);
@@ -329,6 +332,20 @@ static PyObject *vk_place_mount(PyObject *self, PyObject *args) {
         errno = err;
         return fail();
     }
+    Py_RETURN_NONE;
+}
+
+/* set_mount_attrs(fd, attrs): mount_setattr(2) of the mount fd holds (not its submounts): MOUNT_ATTR_* set */
+static PyObject *vk_set_mount_attrs(PyObject *self, PyObject *args) {
+    int fd;
+    unsigned long long attrs;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &attrs))
+        return NULL;
+    struct {
+        uint64_t attr_set, attr_clr, propagation, userns_fd;
+    } attr = {.attr_set = attrs};
+    if (syscall(VK_SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+        return fail();
     Py_RETURN_NONE;
 }
 
@@ -348,7 +365,9 @@ static PyMethodDef methods[] = {
     {"setrlimit", vk_setrlimit, METH_VARARGS, "setrlimit(resource, soft, hard)"},
     {"fork_sibling", vk_fork_sibling, METH_VARARGS, "fork_sibling(namespace_flags) -> pid (0 in the child)"},
     {"fsmount", vk_fsmount, METH_VARARGS, "fsmount(fstype, [(key, value|None)], mount_attrs) -> detached mount fd"},
-    {"place_mount", vk_place_mount, METH_VARARGS, "place_mount(from_fd, to_fd): a new mount of from_fd's there"},
+    {"place_mount", vk_place_mount, METH_VARARGS,
+     "place_mount(from_fd, to_fd[, recursive]): a new mount of from_fd's there"},
+    {"set_mount_attrs", vk_set_mount_attrs, METH_VARARGS, "set_mount_attrs(fd, mount_attrs): mount_setattr"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -186,11 +186,17 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         name_this_process(SPARE_NAME)     # what ps shows while it waits; its exec names it again
+        early = flags & ~sc.CLONE_NEWPID
+        host_cgroupns = -1
         if cgroup is not None:
             from virtkit.container.cgroups import manager_for
 
             manager_for(cgroup).add_pid(os.getpid())     # single-threaded: "0" into each hierarchy's tasks
-        sc.unshare(flags & ~sc.CLONE_NEWPID)
+            # that cgroup becomes its container's (renamed): its cgroup namespace is made now, rooted there, and
+            # left for the host's again if it is not (the fd to go back by)
+            host_cgroupns = os.open("/proc/self/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+            early |= sc.CLONE_NEWCGROUP
+        sc.unshare(early)
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         os.umask(0)
@@ -205,7 +211,7 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             _loopback_up()
         rootfs.learn_cgroup_hierarchies()     # for its /sys/fs/cgroup, read now rather than once taken
         capsmod.last_cap()
-        premade = _premount(flags)
+        premade = _premount(early | sc.CLONE_NEWPID)
     except BaseException as exc:  # noqa: BLE001
         _fail(ch, exc)
     try:
@@ -227,6 +233,14 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             os.close(fds[i])
         from virtkit.container.cgroups import manager_for
 
+        # its cgroup namespace, made early, stays where the cgroup it waited in becomes the container's
+        own_cgroupns = host_cgroupns >= 0 and not msg["join_cgroup"] and msg["flags"] & sc.CLONE_NEWCGROUP
+        if host_cgroupns >= 0:
+            if not own_cgroupns:
+                sc.setns(host_cgroupns, sc.CLONE_NEWCGROUP, label="the host's cgroup namespace")
+                if premade is not None:
+                    premade.drop("cgroup")
+            os.close(host_cgroupns)
         # itself (v1: its one thread, without the threadgroup lock a move by pid takes), before its cgroup namespace;
         # not when it waited in a cgroup of its own, which its taker renamed to the container's
         if msg["join_cgroup"]:
@@ -239,8 +253,9 @@ def spare(ch: _socket.socket, flags: int, cgroup: str | None = None) -> NoReturn
             os.close(netns)
             if premade is not None:
                 premade.drop("sysfs")       # its own network namespace's, not the one joined
-        if msg["flags"] & LATE_FLAGS:
-            sc.unshare(msg["flags"] & LATE_FLAGS)
+        late = msg["flags"] & LATE_FLAGS & ~(sc.CLONE_NEWCGROUP if own_cgroupns else 0)
+        if late:
+            sc.unshare(late)
         if msg.get("seccomp") is not None:
             from virtkit.container import seccomp
 

@@ -26,7 +26,8 @@ _ATTRS = {sc.MS_RDONLY: sc.MOUNT_ATTR_RDONLY, sc.MS_NOSUID: sc.MOUNT_ATTR_NOSUID
           sc.MS_NOSYMFOLLOW: sc.MOUNT_ATTR_NOSYMFOLLOW, sc.MS_RELATIME: 0}
 # the namespace each file system belongs to: made ahead only where the spare has its container's own (a joined
 # network namespace has another sysfs); tmpfs and devpts (newinstance) belong to none
-_NAMESPACE = {"proc": sc.CLONE_NEWPID, "sysfs": sc.CLONE_NEWNET, "mqueue": sc.CLONE_NEWIPC, "tmpfs": 0, "devpts": 0}
+_NAMESPACE = {"proc": sc.CLONE_NEWPID, "sysfs": sc.CLONE_NEWNET, "mqueue": sc.CLONE_NEWIPC, "tmpfs": 0, "devpts": 0,
+              "cgroup": sc.CLONE_NEWCGROUP}
 
 
 def _key(m: dict) -> tuple:
@@ -54,6 +55,11 @@ class Premade:
             for m in template:
                 if _NAMESPACE[m["type"]] & ~ns_flags:
                     continue
+                if m["type"] == "cgroup":
+                    fd = _cgroup_tree(m)
+                    if fd is not None:
+                        pm.fds[_key(m)] = fd
+                    continue
                 fd = pm.fds[_key(m)] = _fsmount(m)
                 if m["type"] == "tmpfs" and os.path.normpath(m["destination"]) == "/dev":
                     _fill_dev(fd, [os.path.basename(t["destination"]) for t in template
@@ -76,7 +82,7 @@ class Premade:
         try:
             target = rootfs.open_in_root(root_fd, m["destination"], create="dir")
             try:
-                sc.place_mount(fd, target, label=m["destination"])
+                sc.place_mount(fd, target, label=m["destination"], recursive=m["type"] == "cgroup")
             finally:
                 os.close(target)
         finally:
@@ -94,13 +100,9 @@ def _fsmount(m: dict) -> int:
     """`m` made as mount(2) would, attached nowhere: superblock options (and "ro") by fsconfig, the rest as the
     mount's attributes."""
     flags, prop, data = rootfs.parse_options(list(m.get("options") or []))
-    attrs = 0
-    for bit, attr in _ATTRS.items():
-        if flags & bit:
-            attrs |= attr
-            flags &= ~bit
-    if flags or prop:
+    if prop:
         raise ValueError(f"mount {m['destination']}: options {m.get('options')} cannot be made ahead")
+    attrs = _attrs(flags, m)
     params: list[tuple[str, str | None]] = [("source", m.get("source") or m["type"])]
     for opt in filter(None, data.split(",")):
         k, eq, v = opt.partition("=")
@@ -108,6 +110,55 @@ def _fsmount(m: dict) -> int:
     if attrs & sc.MOUNT_ATTR_RDONLY:
         params.append(("ro", None))     # mount(2)'s MS_RDONLY makes a new superblock read-only too
     return sc.fsmount(m["type"], params, attrs, label=m["destination"])
+
+
+def _cgroup_tree(m: dict) -> int | None:
+    """/sys/fs/cgroup as rootfs._mount_cgroup makes it in a cgroup namespace on a host with cgroup v1 hierarchies:
+    a tmpfs holding a fresh cgroupfs of each (made in the spare's cgroup namespace, rooted at its own cgroup: the
+    container's once taken), read-only; None on a host with only the unified hierarchy (its spares have no cgroup
+    of their own to wait in)."""
+    hier = rootfs.cgroup_hierarchies()
+    if not hier or len(hier) == 1 and hier[0][1] == "cgroup2":
+        return None
+    flags, _prop, _data = rootfs.parse_options(list(m.get("options") or []))
+    attrs = _attrs(flags | sc.MS_RDONLY, m)
+    tmp = sc.fsmount("tmpfs", [("source", "tmpfs"), ("mode", "755")],
+                     sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC, label=m["destination"])
+    try:
+        for mnt, fstype, opts in hier:
+            name = os.path.basename(mnt)
+            os.mkdir(name, 0o755, dir_fd=tmp)
+            params: list[tuple[str, str | None]] = [("source", "cgroup")]
+            for opt in filter(None, opts.split(",")):
+                k, eq, v = opt.partition("=")
+                params.append((k, v if eq else None))
+            # a hierarchy's superblock is the host's: read-only is the mount's alone, as a mount(2) would leave it
+            fd = sc.fsmount(fstype, params, attrs, label=f"{m['destination']}/{name}")
+            try:
+                target = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
+                try:
+                    sc.place_mount(fd, target, label=f"{m['destination']}/{name}")
+                finally:
+                    os.close(target)
+            finally:
+                os.close(fd)
+        sc.set_mount_attrs(tmp, sc.MOUNT_ATTR_RDONLY, label=m["destination"])
+    except BaseException:
+        os.close(tmp)
+        raise
+    return tmp
+
+
+def _attrs(flags: int, m: dict) -> int:
+    """mount(2) flags as a detached mount's attributes (ValueError for one that has none)."""
+    attrs = 0
+    for bit, attr in _ATTRS.items():
+        if flags & bit:
+            attrs |= attr
+            flags &= ~bit
+    if flags:
+        raise ValueError(f"mount {m['destination']}: options {m.get('options')} cannot be made ahead")
+    return attrs
 
 
 def _fill_dev(dev_fd: int, mount_points: list[str]) -> None:

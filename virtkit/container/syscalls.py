@@ -115,10 +115,15 @@ def fsmount(fstype: str, params: list[tuple[str, str | None]], attrs: int, *, la
         raise SystemFailure(f"mount {fstype} for {label}: {exc.strerror}") from None
 
 
-def place_mount(from_fd: int, to_fd: int, *, label: str) -> None:
-    """A new mount of the file system the (detached) mount from_fd holds, onto the directory (or file) to_fd, an
-    O_PATH fd: open_tree(OPEN_TREE_CLONE) and move_mount."""
-    _checked(f"mount on {label}", _linux.place_mount, from_fd, to_fd)
+def place_mount(from_fd: int, to_fd: int, *, label: str, recursive: bool = False) -> None:
+    """A new mount of the file system the (detached) mount from_fd holds (`recursive`: with the mounts on it), onto
+    the directory (or file) to_fd, an O_PATH fd: open_tree(OPEN_TREE_CLONE) and move_mount."""
+    _checked(f"mount on {label}", _linux.place_mount, from_fd, to_fd, recursive)
+
+
+def set_mount_attrs(fd: int, attrs: int, *, label: str) -> None:
+    """mount_setattr(2): MOUNT_ATTR_* `attrs` set on the mount fd holds."""
+    _checked(f"mount attributes of {label}", _linux.set_mount_attrs, fd, attrs)
 
 
 def umount2(target: str, flags: int = 0) -> None:
