@@ -10,6 +10,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -23,6 +24,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -349,6 +351,80 @@ static PyObject *vk_set_mount_attrs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* remove_tree(path): `path` and all below it (rm -rf, not following symlinks, not entering another file system: a
+ * mount inside is left, an error), in one call without the GIL. Why C: storage/trash.py deletes removed instances' trees in a
+ * background thread of virtkitd; in Python each entry took the GIL back from the request threads (~30 handovers and
+ * ~1.5 ms of CPU a container here), in C none and a fifth of the CPU. The first error's errno is raised, after
+ * removing all that can be. */
+static int rm_entries(int fd, dev_t dev, int depth, int *first);
+
+static void note(int *first) {
+    if (*first == 0)
+        *first = errno;
+}
+
+static void rm_at(int parent, const char *name, dev_t dev, int depth, int *first) {
+    if (unlinkat(parent, name, 0) == 0 || errno == ENOENT)
+        return;
+    if (errno != EISDIR && errno != EPERM) {
+        note(first);
+        return;
+    }
+    if (depth > 512) {
+        errno = ELOOP;
+        note(first);
+        return;
+    }
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT)
+            note(first);
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (dev != 0 && st.st_dev != dev)) {     /* a mount point: not ours to empty */
+        errno = EBUSY;
+        note(first);
+        close(fd);
+        return;
+    }
+    rm_entries(fd, st.st_dev, depth + 1, first);
+    if (unlinkat(parent, name, AT_REMOVEDIR) != 0 && errno != ENOENT)
+        note(first);
+}
+
+static int rm_entries(int fd, dev_t dev, int depth, int *first) {
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        note(first);
+        close(fd);
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        rm_at(dirfd(d), e->d_name, dev, depth, first);
+    }
+    closedir(d);
+    return 0;
+}
+
+static PyObject *vk_remove_tree(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "y", &path))
+        return NULL;
+    int first = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rm_at(AT_FDCWD, path, 0, 0, &first);
+    Py_END_ALLOW_THREADS
+    if (first != 0) {
+        errno = first;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GET_ITEM(args, 0));
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"mount", vk_mount, METH_VARARGS, "mount(source|None, target, fstype|None, flags, data|None)"},
     {"umount2", vk_umount2, METH_VARARGS, "umount2(target, flags)"},
@@ -365,6 +441,7 @@ static PyMethodDef methods[] = {
     {"setrlimit", vk_setrlimit, METH_VARARGS, "setrlimit(resource, soft, hard)"},
     {"fork_sibling", vk_fork_sibling, METH_VARARGS, "fork_sibling(namespace_flags) -> pid (0 in the child)"},
     {"fsmount", vk_fsmount, METH_VARARGS, "fsmount(fstype, [(key, value|None)], mount_attrs) -> detached mount fd"},
+    {"remove_tree", vk_remove_tree, METH_VARARGS, "remove_tree(path): rm -rf without the GIL"},
     {"place_mount", vk_place_mount, METH_VARARGS,
      "place_mount(from_fd, to_fd[, recursive]): a new mount of from_fd's there"},
     {"set_mount_attrs", vk_set_mount_attrs, METH_VARARGS, "set_mount_attrs(fd, mount_attrs): mount_setattr"},

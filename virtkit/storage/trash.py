@@ -10,7 +10,7 @@ that stopped before deleting them are deleted when the next one starts (`empty`)
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 import threading
 import uuid
 
@@ -30,7 +30,7 @@ class Trash:
         except FileNotFoundError:
             return
         except OSError:          # another file system (EXDEV) or the like: delete it here and now
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
             return
         self._start()
         self._wake.set()
@@ -42,7 +42,7 @@ class Trash:
         except FileNotFoundError:
             return
         for name in names:
-            shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            _remove_tree(os.path.join(self.root, name))
 
     def empty_later(self) -> None:
         """Delete what is in the trash (left by an earlier daemon) in the background."""
@@ -65,3 +65,14 @@ class Trash:
             self._wake.wait()
             self._wake.clear()
             self.empty()
+
+
+def _remove_tree(path: str) -> None:
+    """rm -rf in C without the GIL (_linux.remove_tree: this runs beside virtkitd's request threads); what cannot
+    go (a mount left inside, an immutable file) stays, and is tried again when the next daemon empties the trash."""
+    from virtkit.container import _linux
+
+    try:
+        _linux.remove_tree(os.fsencode(path))
+    except OSError as exc:
+        print(f"virtkitd: trash: cannot delete all of {path}: {exc.strerror}", file=sys.stderr, flush=True)
