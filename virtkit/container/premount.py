@@ -4,6 +4,8 @@ A spare waits in its container's pid, network, uts and ipc namespaces before it 
 systems of the usual mounts (runc's and virtkit's defaults, spec.default_spec: /proc, a /dev tmpfs, /dev/pts,
 /dev/shm, /dev/mqueue, /sys) depend on nothing else, so the spare makes them then, with the new mount API (fsopen,
 fsmount: a mount held by an fd, in no mount namespace; closing the fd unmounts it), /dev with its nodes and links.
+A spare that waits in a cgroup of its own (cgroup v1: renamed to its container's when taken) makes its cgroup
+namespace then too, and /sys/fs/cgroup with it: a tmpfs holding a cgroupfs per hierarchy, read-only.
 When it is taken, each config.json mount that is the template's own, to the letter, is put in place as a new mount
 of the premade file system (open_tree's clone, then move_mount: no file system is set up, and for /dev no 6 mknods
 and 5 symlinks either; a clone, so that /proc/self/mountinfo lists it in the order a mount(2) at that moment
