@@ -52,14 +52,24 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def write_atomic(path: str, data: dict[str, Any]) -> None:
+def write_atomic(path: str, data: dict[str, Any], tmp_dir: str | None = None) -> None:
+    """`path` written whole or not at all (a tmp file renamed over it). `tmp_dir`, on the same file system, keeps
+    the tmp file out of path's directory: a reader watching that directory (DirWatch) is woken once, by the
+    rename, not also by the tmp file's create, writes and close."""
     import threading
 
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"   # virtkitd may write one from two threads
+    name = f"{os.path.basename(path)}.tmp{os.getpid()}.{threading.get_ident()}"   # virtkitd may write from two threads
+    tmp = os.path.join(tmp_dir or os.path.dirname(path), name)
     # rename makes it atomic for readers; no fsync: after a host crash the container is gone with the record
     with open(tmp, "w") as f:
         f.write(json.dumps(data))
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        if tmp_dir is None:
+            raise
+        write_atomic(path, data)    # another file system after all (EXDEV): beside it, then
 
 
 def _hold_mount_namespace(pid: int) -> int | None:
@@ -232,7 +242,8 @@ class Supervisor:
                     oom = False
             code, reason = describe_status(status, oom)
             try:
-                write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()})
+                write_atomic(info["exit_file"], {"code": code, "reason": reason, "finished_at": time.time()},
+                             tmp_dir=self.run_dir)
             except OSError as exc:
                 print(f"supervisor: cannot record exit of {info['id']}: {exc}", file=sys.stderr, flush=True)
             _let_go(info["mntns"])      # its mounts are taken down here, the exit told already
