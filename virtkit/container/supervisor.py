@@ -246,7 +246,6 @@ class Supervisor:
                              tmp_dir=self.run_dir)
             except OSError as exc:
                 print(f"supervisor: cannot record exit of {info['id']}: {exc}", file=sys.stderr, flush=True)
-            _let_go(info["mntns"])      # its mounts are taken down here, the exit told already
             if cg is not None:
                 # its pid namespace ended with its init: the cgroup is empty, and goes now, while virtkitd reads
                 # the exit (the delete that follows finds it gone); one that is not empty is left to that delete
@@ -254,6 +253,7 @@ class Supervisor:
                     cg.remove_if_empty()
                 except OSError:
                     pass
+            _let_go(info["mntns"])      # its mounts are taken down here, the exit told already
             if self.spares.short():
                 self.spares.fill()
 
