@@ -20,6 +20,7 @@ import os
 from virtkit.container import rootfs
 from virtkit.container import syscalls as sc
 from virtkit.container.devices import DEFAULT_DEVICES
+from virtkit.core.errors import SystemFailure
 
 # mount(2) flags as a detached mount's attributes; a template mount with any other flag is not made ahead
 _ATTRS = {sc.MS_RDONLY: sc.MOUNT_ATTR_RDONLY, sc.MS_NOSUID: sc.MOUNT_ATTR_NOSUID, sc.MS_NODEV: sc.MOUNT_ATTR_NODEV,
@@ -58,7 +59,10 @@ class Premade:
                 if _NAMESPACE[m["type"]] & ~ns_flags:
                     continue
                 if m["type"] == "cgroup":
-                    fd = _cgroup_tree(m)
+                    try:
+                        fd = _cgroup_tree(m)
+                    except SystemFailure:   # an older kernel mounts nothing on a detached tree: made at take
+                        fd = None
                     if fd is not None:
                         pm.fds[_key(m)] = fd
                     continue
