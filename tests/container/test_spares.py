@@ -385,3 +385,36 @@ def test_a_spare_joining_a_network_namespace_sees_that_namespace_in_sys(runtime,
         assert not spares.ready[kind]                   # it was the spare that ran it
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
+def test_a_spare_in_its_own_cgroup_gives_a_container_without_a_cgroup_namespace_the_hosts(runtime, spares, cid,
+                                                                                          bundle, uid):
+    # the spare made its cgroup namespace early; a container that asks for none gets the host's back
+    _spare_in_own_cgroup(spares, uid)
+    bundle.spec["linux"]["cgroupsPath"] = f"/virtkit-test-{uid}/{cid}"
+    bundle.spec["linux"]["namespaces"] = [ns for ns in bundle.spec["linux"]["namespaces"] if ns["type"] != "cgroup"]
+    code, out = _run(runtime, cid, bundle, "sh", "-c",
+                     "grep pids /proc/self/cgroup; grep ' /sys/fs/cgroup/pids ' /proc/self/mountinfo")
+    assert code == 0, out
+    assert not spares.ready[KIND]                       # it was the spare that ran it
+    cgroup, mount = out.splitlines()
+    assert cgroup.endswith(f":pids:/virtkit-test-{uid}/{cid}"), out     # the host's view of its cgroup
+    assert mount.split()[3] == f"/virtkit-test-{uid}/{cid}", out         # its /sys/fs/cgroup, as the host sees it
+
+
+def test_a_spare_whose_cgroup_is_not_adopted_leaves_its_early_cgroup_view_behind(runtime, spares, cid, bundle, uid):
+    # the container's cgroup exists already: the spare joins it rather than being renamed to it, so what it made
+    # in its own cgroup's namespace (the namespace, /sys/fs/cgroup) is not the container's
+    from virtkit.container.cgroups import manager_for
+
+    _spare_in_own_cgroup(spares, uid)
+    path = f"/virtkit-test-{uid}/{cid}"
+    bundle.spec["linux"]["cgroupsPath"] = path
+    manager_for(path).create()
+    code, out = _run(runtime, cid, bundle, "sh", "-c",
+                     "grep pids /proc/self/cgroup; cat /sys/fs/cgroup/pids/cgroup.procs")
+    assert code == 0, out
+    assert not spares.ready[KIND]                       # it was the spare that ran it
+    lines = out.split()
+    assert lines[0].endswith(":pids:/"), out            # its cgroup namespace is rooted at the container's cgroup
+    assert "1" in lines[1:], out                        # and its /sys/fs/cgroup shows that cgroup, with it in it
