@@ -351,11 +351,11 @@ static PyObject *vk_set_mount_attrs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* remove_tree(path): `path` and all below it (rm -rf, not following symlinks, not entering another file system: a
- * mount inside is left, an error), in one call without the GIL. Why C: storage/trash.py deletes removed instances' trees in a
- * background thread of virtkitd; in Python each entry took the GIL back from the request threads (~30 handovers and
- * ~1.5 ms of CPU a container here), in C none and a fifth of the CPU. The first error's errno is raised, after
- * removing all that can be. */
+/* remove_tree(path): `path` and all below it (rm -rf, not following symlinks, not entering another file system:
+ * a mount inside is left, an error), in one call without the GIL. Why C: storage/trash.py deletes removed
+ * instances' trees in a background thread of virtkitd; in Python each entry took the GIL back from the request
+ * threads (~30 handovers and ~1.5 ms of CPU a container here), in C none. The first error's errno is raised,
+ * after removing all that can be. */
 static int rm_entries(int fd, dev_t dev, int depth, int *first);
 
 static void note(int *first) {

@@ -109,10 +109,7 @@ def _fsmount(m: dict) -> int:
     if prop:
         raise ValueError(f"mount {m['destination']}: options {m.get('options')} cannot be made ahead")
     attrs = _attrs(flags, m)
-    params: list[tuple[str, str | None]] = [("source", m.get("source") or m["type"])]
-    for opt in filter(None, data.split(",")):
-        k, eq, v = opt.partition("=")
-        params.append((k, v if eq else None))
+    params = [("source", m.get("source") or m["type"]), *_fs_params(data)]
     if attrs & sc.MOUNT_ATTR_RDONLY:
         params.append(("ro", None))     # mount(2)'s MS_RDONLY makes a new superblock read-only too
     return sc.fsmount(m["type"], params, attrs, label=m["destination"])
@@ -134,10 +131,7 @@ def _cgroup_tree(m: dict) -> int | None:
         for mnt, fstype, opts in hier:
             name = os.path.basename(mnt)
             os.mkdir(name, 0o755, dir_fd=tmp)
-            params: list[tuple[str, str | None]] = [("source", "cgroup")]
-            for opt in filter(None, opts.split(",")):
-                k, eq, v = opt.partition("=")
-                params.append((k, v if eq else None))
+            params = [("source", "cgroup"), *_fs_params(opts)]
             # a hierarchy's superblock is the host's: read-only is the mount's alone, as a mount(2) would leave it
             fd = sc.fsmount(fstype, params, attrs, label=f"{m['destination']}/{name}")
             try:
@@ -153,6 +147,15 @@ def _cgroup_tree(m: dict) -> int | None:
         os.close(tmp)
         raise
     return tmp
+
+
+def _fs_params(data: str) -> list[tuple[str, str | None]]:
+    """mount(2)'s data string ("mode=755,newinstance") as fsconfig's parameters (None: a flag)."""
+    out: list[tuple[str, str | None]] = []
+    for opt in filter(None, data.split(",")):
+        k, eq, v = opt.partition("=")
+        out.append((k, v if eq else None))
+    return out
 
 
 def _attrs(flags: int, m: dict) -> int:
@@ -173,4 +176,4 @@ def _fill_dev(dev_fd: int, mount_points: list[str]) -> None:
         rootfs.make_node(dev_fd, os.path.basename(d["path"]), d, userns=False)
     for name in mount_points:
         os.mkdir(name, 0o755, dir_fd=dev_fd)
-    rootfs.dev_links(os.dup(dev_fd))
+    rootfs.dev_links(dev_fd)

@@ -196,21 +196,22 @@ def mount_all(spec: dict, rootfs: str, bundle: str, ctx: dict[str, bool], premad
         for d in devices + list(spec.get("linux", {}).get("devices") or []):
             _make_device(root_fd, d, ctx["userns"])
         if dev_tmpfs and not dev_ready:
-            dev_links(open_in_root(root_fd, "/dev", create="dir"))
+            dev_fd = open_in_root(root_fd, "/dev", create="dir")
+            try:
+                dev_links(dev_fd)
+            finally:
+                os.close(dev_fd)
     finally:
         os.close(root_fd)
 
 
 def dev_links(dev_fd: int) -> None:
-    """/dev's symlinks (fd, stdin, stdout, stderr, ptmx) in the directory dev_fd, which this closes."""
-    try:
-        for target, name in _DEV_LINKS:
-            try:
-                os.symlink(target, name, dir_fd=dev_fd)
-            except FileExistsError:
-                pass
-    finally:
-        os.close(dev_fd)
+    """/dev's symlinks (fd, stdin, stdout, stderr, ptmx) in the directory dev_fd."""
+    for target, name in _DEV_LINKS:
+        try:
+            os.symlink(target, name, dir_fd=dev_fd)
+        except FileExistsError:
+            pass
 
 
 def _make_device(root_fd: int, d: dict, userns: bool) -> None:

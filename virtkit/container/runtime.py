@@ -186,27 +186,22 @@ class Runtime:
             # Not with hooks, which may look at the cgroup.
             made = spare[2] if spare is not None else None
             later = made is not None and not spec.get("hooks") and cg.can_adopt(made)
-            if made is not None and not later:
-                self.spares.leftover.add(made.path)     # removed once the spare has moved out of it
             if not later:
-                cg.create()
-                cg.apply(resources)
+                self._make_cgroup(cg, resources, instead_of=made)
             if spare is not None and stdio is not None:
                 handed = self._hand_to_spare(spare, spec, cg, flags, joins, stdio, fifo_fd, bundle,
                                              console_socket, no_pivot, hook_state, cgroup_later=later)
                 if handed is not None:
                     s2, parent = handed
                     undo.append(parent.close)
-            if later and made is not None:
-                if parent is None:      # the spare went meanwhile: the container is forked, in a cgroup made now
-                    self.spares.leftover.add(made.path)
-                    cg.create()
-                elif not cg.adopt(made):
+            if later and parent is None:    # the spare went meanwhile: the container is forked, in a cgroup made now
+                self._make_cgroup(cg, resources, instead_of=made)
+            elif later and made is not None and parent is not None:
+                if not cg.adopt(made):
                     self.spares.leftover.add(made.path)
                     raise E.SystemFailure(f"cgroup {cg.path}: cannot rename the spare's cgroup {made.path} to it")
                 cg.apply(resources)
-                if parent is not None:
-                    initmod.send(parent, {"type": "ok"})    # its process may run now
+                initmod.send(parent, {"type": "ok"})    # its process may run now
             # its state ("creating"): saved while a spare builds the container, before a fork makes one
             d.save(rec)
             if parent is None:
@@ -295,6 +290,14 @@ class Runtime:
         pid, ch, made = taken
         return pid, ch, (_cgroup(made) if made is not None else None)
 
+    def _make_cgroup(self, cg: Any, resources: Any, instead_of: Any) -> None:
+        """The container's cgroup, made and limited; a spare's own cgroup that it does not become (`instead_of`)
+        is removed once the spare has moved out of it."""
+        if instead_of is not None:
+            self.spares.leftover.add(instead_of.path)
+        cg.create()
+        cg.apply(resources)
+
     def _hand_to_spare(self, spare: tuple[int, _socket.socket, Any], spec: dict, cg: Any, flags: int,
                        joins: builtins.list[tuple[str, int]], stdio: tuple[int, int, int], fifo_fd: int,
                        bundle: str, console_socket: str | None, no_pivot: bool,
@@ -306,7 +309,6 @@ class Runtime:
         from virtkit.container import spares
 
         pid, ch, _made = spare
-        in_cgroup = cgroup_later
         seccomp = (spec.get("linux") or {}).get("seccomp")
         prog, prog_flags = (None, 0)
         if seccomp:
@@ -314,7 +316,7 @@ class Runtime:
 
             prog, prog_flags = seccomp_mod.compile_bpf(seccomp)
         message = {"spec": spec, "flags": flags, "join_net": bool(joins), "bundle": bundle, "cgroup": cg.path,
-                   "join_cgroup": not in_cgroup, "cgroup_later": cgroup_later,
+                   "join_cgroup": not cgroup_later, "cgroup_later": cgroup_later,
                    "console_socket": console_socket, "no_pivot": no_pivot, "hook_state": hook_state,
                    "seccomp": prog.hex() if prog is not None else None, "seccomp_flags": prog_flags}
         try:

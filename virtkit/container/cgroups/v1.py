@@ -96,13 +96,16 @@ class V1Manager(CgroupManager):
                 if is_cpuset:
                     self._inherit_cpuset(parent, current)
 
+    def _renamable_to(self, made: V1Manager) -> bool:
+        """Whether `made` can be renamed to this one: v1 renames only within one parent, in the same trees."""
+        return os.path.dirname(made.path) == os.path.dirname(self.path) and made._trees == self._trees
+
     def can_adopt(self, made: CgroupManager) -> bool:
-        return isinstance(made, V1Manager) and os.path.dirname(made.path) == os.path.dirname(self.path) \
-            and made._trees == self._trees and not any(os.path.lexists(dst) for _base, dst in self._unique_dirs())
+        return isinstance(made, V1Manager) and self._renamable_to(made) \
+            and not any(os.path.lexists(dst) for _base, dst in self._unique_dirs())
 
     def adopt(self, made: CgroupManager) -> bool:
-        if not isinstance(made, V1Manager) or os.path.dirname(made.path) != os.path.dirname(self.path) \
-                or made._trees != self._trees:
+        if not isinstance(made, V1Manager) or not self._renamable_to(made):
             return False
         done: list[tuple[str, str]] = []
         try:
