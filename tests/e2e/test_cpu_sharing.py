@@ -59,11 +59,14 @@ def _inspect(home: str, name: str) -> dict:
 
 
 def _allowed(pid: int) -> set[str]:
-    """Cpus_allowed_list of every thread of `pid`."""
+    """Cpus_allowed_list of every thread of `pid` (one that ends between the listing and the read runs nowhere)."""
     out = set()
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            out.add(f.read().split("Cpus_allowed_list:")[1].split()[0])
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                out.add(f.read().split("Cpus_allowed_list:")[1].split()[0])
+        except FileNotFoundError:
+            continue
     return out
 
 
